@@ -1,0 +1,349 @@
+"""Column domains: how each column's values map to a small set of integer codes, and back.
+
+A domain is public information: it comes from the spec (or from a DP discovery step), never from looking at the data.
+Each column's codes are ``0..size-1``:
+
+- categorical: one code per listed value, then one ``other`` code for every unlisted value;
+- integer / float / datetime: one code per bin between public edges; values outside the bounds are clamped;
+- boolean: false = 0, true = 1;
+- every nullable column has one more code, the last, for null.
+
+The Arrow type of the source column is recorded so that decoding writes the same type back.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from dpbeam.errors import SpecError
+from dpbeam.spec import (
+    BooleanColumn,
+    CategoricalColumn,
+    ColumnSpec,
+    DatetimeColumn,
+    FloatColumn,
+    IntegerColumn,
+)
+
+MAX_DEFAULT_INTEGER_VALUES = 128
+DEFAULT_BINS = 32
+MAX_DATETIME_BINS = 4096
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Arrow types <-> readable strings
+
+
+def arrow_type_to_str(t: pa.DataType) -> str:
+    """A readable, parseable name for an Arrow type (dictionary columns are recorded by their value type)."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_timestamp(t):
+        return f"timestamp[{t.unit}, tz={t.tz}]" if t.tz else f"timestamp[{t.unit}]"
+    if pa.types.is_date32(t):
+        return "date32"
+    if pa.types.is_date64(t):
+        return "date64"
+    return str(t)
+
+
+def arrow_type_from_str(s: str) -> pa.DataType:
+    if s.startswith("timestamp["):
+        inner = s[len("timestamp[") : -1]
+        unit, _, tz = inner.partition(", tz=")
+        return pa.timestamp(unit, tz=tz or None)
+    return pa.type_for_alias(s)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Column domains
+
+
+@dataclass(frozen=True)
+class ColumnDomain:
+    """Base of all column domains. ``n_values`` counts the non-null codes; ``size`` adds the null code."""
+
+    name: str
+    arrow_type: str
+    nullable: bool
+
+    kind = "abstract"
+
+    @property
+    def n_values(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def size(self) -> int:
+        return self.n_values + (1 if self.nullable else 0)
+
+    @property
+    def null_code(self) -> int | None:
+        return self.n_values if self.nullable else None
+
+    def labels(self) -> list[str]:
+        """One readable label per code, for reports and the measurements artifact."""
+        return self._value_labels() + (["<null>"] if self.nullable else [])
+
+    def _value_labels(self) -> list[str]:
+        raise NotImplementedError
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "arrow_type": self.arrow_type, "nullable": self.nullable}
+
+
+@dataclass(frozen=True)
+class CategoricalDomain(ColumnDomain):
+    values: tuple = ()
+    other_label: str | None = None
+
+    kind = "categorical"
+
+    @property
+    def n_values(self) -> int:
+        return len(self.values) + 1
+
+    @property
+    def other_code(self) -> int:
+        return len(self.values)
+
+    def _value_labels(self) -> list[str]:
+        return [str(v) for v in self.values] + ["<other>"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "values": list(self.values), "other_label": self.other_label}
+
+
+@dataclass(frozen=True)
+class BinnedDomain(ColumnDomain):
+    """Integer, float or datetime values in bins between ``edges``.
+
+    integer: bin i holds [edges[i], edges[i+1] - 1]; float: [edges[i], edges[i+1]) with the last bin closed;
+    datetime: edges are microseconds since the Unix epoch (UTC), bins as for float.
+    """
+
+    edges: tuple = ()
+    binned_kind: str = "integer"
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return self.binned_kind
+
+    @property
+    def n_values(self) -> int:
+        return len(self.edges) - 1
+
+    @property
+    def lower(self) -> float:
+        return self.edges[0]
+
+    @property
+    def upper(self) -> float:
+        """The largest value the domain holds (values above are clamped to it)."""
+        return self.edges[-1] - 1 if self.binned_kind == "integer" else self.edges[-1]
+
+    def _value_labels(self) -> list[str]:
+        e = self.edges
+        if self.binned_kind == "integer":
+            return [str(e[i]) if e[i + 1] - e[i] == 1 else f"[{e[i]}, {e[i + 1] - 1}]" for i in range(len(e) - 1)]
+        if self.binned_kind == "datetime":
+            iso = [_dt.datetime.fromtimestamp(x / 1e6, _dt.timezone.utc).isoformat() for x in e]
+            return [f"[{iso[i]}, {iso[i + 1]})" for i in range(len(e) - 1)]
+        return [f"[{e[i]:g}, {e[i + 1]:g})" for i in range(len(e) - 1)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "edges": list(self.edges)}
+
+
+@dataclass(frozen=True)
+class BooleanDomain(ColumnDomain):
+    kind = "boolean"
+
+    @property
+    def n_values(self) -> int:
+        return 2
+
+    def _value_labels(self) -> list[str]:
+        return ["false", "true"]
+
+
+def column_domain_from_json(d: dict[str, Any]) -> ColumnDomain:
+    base = {"name": d["name"], "arrow_type": d["arrow_type"], "nullable": d["nullable"]}
+    if d["kind"] == "categorical":
+        return CategoricalDomain(**base, values=tuple(d["values"]), other_label=d.get("other_label"))
+    if d["kind"] == "boolean":
+        return BooleanDomain(**base)
+    if d["kind"] in ("integer", "float", "datetime"):
+        return BinnedDomain(**base, edges=tuple(d["edges"]), binned_kind=d["kind"])
+    raise ValueError(f"unknown column kind {d['kind']!r} in domain file")
+
+
+@dataclass(frozen=True)
+class TableDomain:
+    """The ordered column domains of one table; the order is the column order of every code matrix."""
+
+    columns: tuple[ColumnDomain, ...]
+    _index: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._index.update({c.name: i for i, c in enumerate(self.columns)})
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def sizes(self) -> list[int]:
+        return [c.size for c in self.columns]
+
+    def __getitem__(self, name: str) -> ColumnDomain:
+        return self.columns[self._index[name]]
+
+    def index(self, name: str) -> int:
+        return self._index[name]
+
+    def code_dtype(self) -> np.dtype:
+        """The smallest unsigned dtype that holds every column's codes."""
+        return np.dtype(np.min_scalar_type(max(self.sizes) - 1))
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [c.to_json() for c in self.columns]
+
+    @classmethod
+    def from_json(cls, items: Sequence[dict[str, Any]]) -> "TableDomain":
+        return cls(tuple(column_domain_from_json(d) for d in items))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Building domains from the spec and the source's schema (public information only)
+
+
+def _kind_error(name: str, spec_kind: str, t: pa.DataType, hint: str) -> SpecError:
+    return SpecError(f"column '{name}' is {arrow_type_to_str(t)} in the source but the spec says kind: {spec_kind}; {hint}")
+
+
+def build_column_domain(name: str, spec: ColumnSpec, arrow_type: pa.DataType) -> ColumnDomain:
+    """Turn one column's spec into its domain, checking the kind against the source's Arrow type."""
+    t = arrow_type.value_type if pa.types.is_dictionary(arrow_type) else arrow_type
+    base = {"name": name, "arrow_type": arrow_type_to_str(t), "nullable": spec.nullable}
+    if isinstance(spec, CategoricalColumn):
+        if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t) or pa.types.is_boolean(t)):
+            raise _kind_error(name, "categorical", t, "categorical columns must be strings, integers or booleans")
+        if spec.values is None:
+            raise SpecError(
+                f"column '{name}' has no public values: list them under columns.{name}.values "
+                "(DP discovery of values needs a discovery budget, which this job does not have)"
+            )
+        try:
+            pa.array(spec.values).cast(t)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            raise SpecError(
+                f"columns.{name}.values {spec.values[:5]}... cannot be read as {arrow_type_to_str(t)}, the column's "
+                "type in the source; write the values as that type"
+            ) from None
+        return CategoricalDomain(**base, values=tuple(spec.values), other_label=spec.other_label)
+    if isinstance(spec, BooleanColumn):
+        if not pa.types.is_boolean(t):
+            raise _kind_error(name, "boolean", t, "use kind: categorical or integer for it")
+        return BooleanDomain(**base)
+    if isinstance(spec, IntegerColumn):
+        if not pa.types.is_integer(t):
+            raise _kind_error(name, "integer", t, "use kind: float for real numbers")
+        return BinnedDomain(**base, edges=tuple(integer_edges(name, spec)), binned_kind="integer")
+    if isinstance(spec, FloatColumn):
+        if not (pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_decimal(t)):
+            raise _kind_error(name, "float", t, "float columns must be numeric")
+        return BinnedDomain(**base, edges=tuple(float_edges(name, spec)), binned_kind="float")
+    if isinstance(spec, DatetimeColumn):
+        if not (pa.types.is_timestamp(t) or pa.types.is_date(t)):
+            raise _kind_error(name, "datetime", t, "datetime columns must be timestamps or dates")
+        return BinnedDomain(**base, edges=tuple(datetime_edges(name, spec)), binned_kind="datetime")
+    raise SpecError(f"column '{name}': unsupported kind {spec.kind}")  # pragma: no cover
+
+
+def _missing_bounds(name: str) -> SpecError:
+    return SpecError(
+        f"column '{name}' has no public bounds: set columns.{name}.bounds to [lo, hi] "
+        "(DP discovery of bounds needs a discovery budget, which this job does not have)"
+    )
+
+
+def integer_edges(name: str, spec: IntegerColumn) -> list[int]:
+    if spec.bounds is None:
+        raise _missing_bounds(name)
+    lo, hi = spec.bounds
+    if isinstance(spec.bins, list):
+        if spec.bins[0] != lo or spec.bins[-1] != hi + 1:
+            raise SpecError(f"columns.{name}.bins must start at lo={lo} and end at hi+1={hi + 1}")
+        return list(spec.bins)
+    n_values = hi - lo + 1
+    n_bins = spec.bins or (n_values if n_values <= MAX_DEFAULT_INTEGER_VALUES else DEFAULT_BINS)
+    if n_bins > n_values:
+        raise SpecError(f"columns.{name}.bins = {n_bins} exceeds the {n_values} integers in bounds; use <= {n_values}")
+    width = math.ceil(n_values / n_bins)
+    edges = list(range(lo, hi + 1, width)) + [hi + 1]
+    return edges
+
+
+def float_edges(name: str, spec: FloatColumn) -> list[float]:
+    if spec.bounds is None:
+        raise _missing_bounds(name)
+    lo, hi = spec.bounds
+    if isinstance(spec.bins, list):
+        if spec.bins[0] != lo or spec.bins[-1] != hi:
+            raise SpecError(f"columns.{name}.bins must start at lo={lo} and end at hi={hi}")
+        return [float(x) for x in spec.bins]
+    return np.linspace(lo, hi, (spec.bins or DEFAULT_BINS) + 1).tolist()
+
+
+_NP_UNIT = {"second": "s", "minute": "m", "hour": "h", "day": "D", "week": "W", "month": "M", "year": "Y"}
+
+
+def _to_us(t: _dt.datetime) -> int:
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=_dt.timezone.utc)
+    delta = t - _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def datetime_edges(name: str, spec: DatetimeColumn) -> list[int]:
+    if spec.bounds is None:
+        raise _missing_bounds(name)
+    start, end = (_to_us(t) for t in spec.bounds)
+    if spec.bins is not None:
+        return np.linspace(start, end, spec.bins + 1).round().astype(np.int64).tolist()
+    unit = _NP_UNIT[spec.granularity or "day"]
+    if unit == "W":
+        lo = np.datetime64(start, "us").astype("datetime64[D]")
+        lo = lo - ((lo.astype(np.int64) - 4) % 7)  # weeks start on Monday (1970-01-01 was a Thursday)
+        steps = np.arange(lo, np.datetime64(end, "us").astype("datetime64[D]") + 7, 7)
+    else:
+        lo = np.datetime64(start, "us").astype(f"datetime64[{unit}]")
+        hi = np.datetime64(end, "us").astype(f"datetime64[{unit}]") + 1
+        steps = np.arange(lo, hi + 1)
+    edges = steps.astype("datetime64[us]").astype(np.int64)
+    edges = np.unique(np.clip(edges, start, end))
+    if len(edges) < 2:
+        edges = np.array([start, end])
+    if len(edges) - 1 > MAX_DATETIME_BINS:
+        raise SpecError(
+            f"column '{name}': granularity {spec.granularity or 'day'} gives {len(edges) - 1} bins over the bounds "
+            f"(more than {MAX_DATETIME_BINS}); choose a coarser granularity or set bins"
+        )
+    return edges.tolist()
+
+
+def build_table_domain(specs: dict[str, ColumnSpec], schema: pa.Schema) -> TableDomain:
+    """Build the domain of every spec column from the spec and the source's schema; unknown columns are errors."""
+    missing = [n for n in specs if n not in schema.names]
+    if missing:
+        raise SpecError(
+            f"column(s) {missing} are in the spec but not in the source; the source has {schema.names}. "
+            "Fix the names under columns or the source uri"
+        )
+    return TableDomain(tuple(build_column_domain(n, s, schema.field(n).type) for n, s in specs.items()))

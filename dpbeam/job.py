@@ -1,0 +1,125 @@
+"""A whole job: plan (every check, no budget), measure (trusted side), synthesize (post-processing).
+
+``plan_job`` runs every check that can fail before budget is spent: the spec, the source's schema and emptiness,
+the privacy-unit column, and that neither output location already holds data. Only then does ``measure`` touch rows.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from typing import Any
+
+from dpbeam import lake
+from dpbeam.bounding import BoundingKey
+from dpbeam.domain import TableDomain, build_table_domain
+from dpbeam.errors import SourceError, SpecError
+from dpbeam.measurements import MeasurementsArtifact
+from dpbeam.privacy.accountant import ZCDPAccountant
+from dpbeam.privacy.mst import mst_plan, required_cliques, run_mst
+from dpbeam.privacy.noise import noise_is_off
+from dpbeam.progress import Reporter
+from dpbeam.source import Source, open_source
+from dpbeam.spec import JobSpec
+from dpbeam.versions import library_versions
+
+ENGINES = ("local",)
+
+
+@dataclass
+class JobPlan:
+    spec: JobSpec
+    source: Source
+    domain: TableDomain
+    accountant: ZCDPAccountant
+
+    @property
+    def unit_column(self) -> str | None:
+        return self.spec.privacy.unit_column
+
+
+def plan_job(spec: JobSpec, check_outputs: bool = True) -> JobPlan:
+    """Check everything that can be checked without spending budget, and make the budget plan."""
+    source = open_source(spec.source)
+    unit = spec.privacy.unit_column
+    if unit is not None and unit not in source.schema.names:
+        raise SpecError(
+            f"privacy unit column '{unit}' is not in the source (it has {source.schema.names}); fix privacy.unit.column"
+        )
+    domain = build_table_domain(dict(spec.columns), source.schema)
+    source.check(domain.names + ([unit] if unit else []))
+    if check_outputs:
+        lake.check_output_free(spec.output.uri, spec.output.overwrite, "output.uri")
+        lake.check_output_free(spec.output.resolved_measurements_uri, spec.output.overwrite, "output.measurements_uri")
+    split = spec.synthesizer.budget_split
+    accountant = ZCDPAccountant(spec.privacy.epsilon, spec.privacy.delta, mst_plan(len(domain.columns), split))
+    return JobPlan(spec, source, domain, accountant)
+
+
+def _exact_cubes(plan: JobPlan, engine: str, key: BoundingKey, reporter: Reporter):
+    cliques = required_cliques(plan.domain.names)
+    if engine == "local":
+        from transforms import local
+
+        with reporter.stage("reading, bounding and counting (local engine)") as advance:
+            return local.exact_cubes(
+                plan.source, plan.domain, plan.unit_column, plan.spec.privacy.k, cliques, key, advance
+            )
+    raise SpecError(f"unknown engine {engine!r}; choose one of {ENGINES}")
+
+
+def privacy_record(plan: JobPlan) -> dict[str, Any]:
+    p = plan.spec.privacy
+    unit = "row" if p.unit_column is None else f"column {p.unit_column}"
+    return {
+        "privacy_unit": unit,
+        "adjacency": (
+            "add or remove one row" if p.unit_column is None
+            else f"add or remove one privacy unit (all rows sharing one value of {p.unit_column})"
+        ),
+        "max_rows_per_unit": p.k,
+        **plan.accountant.record(),
+        **({"noise_disabled_for_tests": True} if noise_is_off() else {}),
+    }
+
+
+def measure(
+    plan: JobPlan, engine: str = "local", key: BoundingKey | None = None, reporter: Reporter | None = None
+) -> MeasurementsArtifact:
+    """The trusted pass: bound, count, and run MST. Returns the artifact; exact counts are dropped here."""
+    reporter = reporter or Reporter()
+    cubes = _exact_cubes(plan, engine, key or BoundingKey.fresh(), reporter)
+    result = run_mst(cubes, plan.domain, plan.spec.privacy.k, plan.accountant, reporter.say)
+    del cubes
+    manifest = {
+        "method": "mst",
+        "engine": engine,
+        "spec_name": plan.spec.name,
+        "spec_sha256": plan.spec.sha256(),
+        "tree": [list(e) for e in result.tree],
+        "library_versions": library_versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+    }
+    return MeasurementsArtifact(plan.domain, result.compression, result.measurements, privacy_record(plan), manifest)
+
+
+def run_job(
+    spec: JobSpec, engine: str = "local", reporter: Reporter | None = None, key: BoundingKey | None = None
+) -> dict[str, Any]:
+    """Plan, measure, write the artifact, synthesize and commit the table. Returns the release statement."""
+    from dpbeam.synth.synthesize import synthesize
+
+    reporter = reporter or Reporter()
+    plan = plan_job(spec)
+    artifact = measure(plan, engine, key=key, reporter=reporter)
+    artifact.write(spec.output.resolved_measurements_uri, overwrite=spec.output.overwrite)
+    return synthesize(
+        artifact,
+        spec.output.uri,
+        rows=spec.output.rows,
+        seed=spec.seed,
+        engine=spec.synthesizer.engine,
+        iters=spec.synthesizer.iters,
+        overwrite=spec.output.overwrite,
+        reporter=reporter,
+    )

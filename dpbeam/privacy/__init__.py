@@ -1,0 +1,1 @@
+"""Privacy kernels: zCDP accounting, noise, private selection and the MST measurement plan."""

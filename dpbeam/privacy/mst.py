@@ -1,0 +1,200 @@
+"""MST (McKenna, Miklau & Sheldon 2021), written against exact cubes held on the trusted side.
+
+Three stages, each a fraction of the job's rho (1/3 each by default):
+
+1. ``mst.one_way``: every 1-way marginal, discrete Gaussian. d cubes of L2 sensitivity k each; with one scale
+   sigma_1 = k sqrt(d / (2 rho_1)) the stage costs d k^2 / (2 sigma_1^2) = rho_1.
+2. ``mst.select``: a maximum spanning tree over the columns. Edge (a, b) scores the L1 error of the independent
+   model (built from stage 1's noisy counts only) on the exact a-b marginal. Adding or removing a unit moves an exact
+   cube by at most k in L1 and the model is fixed post-processing, so every score has sensitivity k. Kruskal's
+   algorithm picks d - 1 edges, each by the exponential mechanism with rho_2 / (d - 1).
+3. ``mst.measure``: the d - 1 chosen 2-way marginals, discrete Gaussian with sigma_3 = k sqrt((d - 1) / (2 rho_3)).
+
+Rare values are compressed between stages 1 and 3, as MST does: codes whose noisy count is below 3 sigma_1 merge into
+one code per column. The choice reads only noisy counts (post-processing), and merging cells of a cube keeps its
+sensitivity at k (all k rows can still fall in one cell, no more). The merged cell's 1-way measurement is re-expressed
+as their noisy sum scaled by 1/sqrt(m) (m merged codes), so that it keeps noise scale sigma_1.
+
+Total: rho_1 + rho_2 + rho_3 = rho, by zCDP composition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Callable, Mapping
+
+import numpy as np
+
+from dpbeam.domain import TableDomain
+from dpbeam.marginals import Clique
+from dpbeam.measurements import NoisyMarginal
+from dpbeam.privacy.accountant import ZCDPAccountant
+from dpbeam.privacy.noise import add_discrete_gaussian, gaussian_sigma
+from dpbeam.privacy.selection import exponential_mechanism
+
+DEFAULT_SPLIT = {"one_way": 1 / 3, "select": 1 / 3, "measure": 1 / 3}
+STAGES = ("mst.one_way", "mst.select", "mst.measure")
+
+Progress = Callable[[str], None]
+
+
+def mst_plan(n_columns: int, split: Mapping[str, float] | None = None) -> dict[str, float]:
+    """The budget plan of MST's stages. A single column needs no tree: it gets the whole budget for its 1-way."""
+    if n_columns < 2:
+        return {"mst.one_way": 1.0}
+    split = dict(split or DEFAULT_SPLIT)
+    return {f"mst.{k}": v for k, v in split.items()}
+
+
+def required_cliques(names: list[str]) -> list[Clique]:
+    """The exact cubes MST needs from the engine: every 1-way and every 2-way marginal."""
+    return [(n,) for n in names] + list(combinations(names, 2))
+
+
+@dataclass(frozen=True)
+class MSTResult:
+    measurements: tuple[NoisyMarginal, ...]
+    compression: dict[str, np.ndarray]
+    tree: tuple[tuple[str, str], ...]
+
+
+def compress_rare(noisy: np.ndarray, threshold: float) -> np.ndarray | None:
+    """The mapping original code -> model code that merges every code with noisy count < threshold into one
+    code (the last), or None when fewer than two codes are rare."""
+    keep = noisy >= threshold
+    if (~keep).sum() <= 1:  # merging one code (or none) changes nothing
+        return None
+    mapping = np.empty(len(noisy), dtype=np.int64)
+    mapping[keep] = np.arange(keep.sum())
+    mapping[~keep] = keep.sum()
+    return mapping
+
+
+def compress_cube(cube: np.ndarray, clique: Clique, compression: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Sum the cells of a cube that compression merges (axis by axis)."""
+    out = cube
+    for axis, name in enumerate(clique):
+        mapping = compression.get(name)
+        if mapping is None:
+            continue
+        size = int(mapping.max()) + 1
+        moved = np.moveaxis(out, axis, 0)
+        summed = np.zeros((size,) + moved.shape[1:], dtype=out.dtype)
+        np.add.at(summed, mapping, moved)
+        out = np.moveaxis(summed, 0, axis)
+    return out
+
+
+def project_simplex(v: np.ndarray, total: float) -> np.ndarray:
+    """The Euclidean projection of v onto {x >= 0, sum(x) = total} (Duchi et al. 2008)."""
+    if total <= 0:
+        return np.zeros_like(v, dtype=np.float64)
+    u = np.sort(v)[::-1]
+    css = np.cumsum(u) - total
+    ind = np.arange(1, len(v) + 1)
+    cond = u - css / ind > 0
+    theta = css[cond][-1] / ind[cond][-1]
+    return np.maximum(v - theta, 0.0)
+
+
+def independent_estimate(one_way: Mapping[str, np.ndarray], sigma: float) -> tuple[dict[str, np.ndarray], float]:
+    """Per-column probability vectors and a total, from noisy 1-way counts in the model domain (post-processing).
+
+    The total is the inverse-variance weighted mean of the columns' noisy sums (a column of s cells has sum
+    variance s sigma^2); each column is projected onto the simplex of that total."""
+    sums = np.array([v.sum() for v in one_way.values()])
+    var = np.array([v.size for v in one_way.values()], dtype=np.float64) * sigma**2
+    total = max(1.0, float(np.sum(sums / var) / np.sum(1 / var)))
+    probs = {n: project_simplex(v.astype(np.float64), total) / total for n, v in one_way.items()}
+    return probs, total
+
+
+def run_mst(
+    cubes: Mapping[Clique, np.ndarray],
+    domain: TableDomain,
+    k: int,
+    accountant: ZCDPAccountant,
+    progress: Progress | None = None,
+) -> MSTResult:
+    """Run MST's three stages on exact cubes (trusted side); return the noisy measurements and compression.
+
+    ``cubes`` must hold every 1-way and 2-way marginal of the bounded table (see :func:`required_cliques`).
+    """
+    say = progress or (lambda _msg: None)
+    names = domain.names
+    d = len(names)
+
+    # Stage 1: noisy 1-way marginals over the full domain.
+    rho1 = accountant.allotted("mst.one_way")
+    sigma1 = gaussian_sigma(rho1 / d, k)
+    say(f"measuring {d} one-way marginals (sigma={sigma1:.3g})")
+    noisy1: dict[str, np.ndarray] = {}
+    for n in names:
+        noisy1[n], rho = add_discrete_gaussian(cubes[(n,)], sigma1, k)
+        accountant.charge("mst.one_way", "discrete Gaussian", rho, clique=[n], sigma=sigma1, sensitivity_l2=k)
+
+    # Compression of rare codes: a function of noisy counts only.
+    compression: dict[str, np.ndarray] = {}
+    for n in names:
+        mapping = compress_rare(noisy1[n], 3 * sigma1)
+        if mapping is not None:
+            compression[n] = mapping
+
+    measurements: list[NoisyMarginal] = []
+    model_one_way: dict[str, np.ndarray] = {}
+    for n in names:
+        y = noisy1[n].astype(np.float64)
+        rho = rho1 / d
+        mapping = compression.get(n)
+        if mapping is None:
+            measurements.append(NoisyMarginal((n,), y, sigma1, "discrete Gaussian", rho))
+            model_one_way[n] = y
+            continue
+        merged = mapping == mapping.max()
+        m = int(merged.sum())
+        y2 = np.append(y[~merged], y[merged].sum())
+        model_one_way[n] = y2
+        weights = np.ones(len(y2))
+        weights[-1] = 1.0 / np.sqrt(m)
+        measurements.append(NoisyMarginal((n,), y2 * weights, sigma1, "discrete Gaussian", rho, weights=weights))
+
+    tree: list[tuple[str, str]] = []
+    if d >= 2:
+        # Stage 2: choose a spanning tree with the exponential mechanism.
+        probs, total = independent_estimate(model_one_way, sigma1)
+        pairs = list(combinations(names, 2))
+        scores = {}
+        for a, b in pairs:
+            exact = compress_cube(cubes[(a, b)], (a, b), compression).astype(np.float64)
+            scores[(a, b)] = float(np.abs(exact - total * np.outer(probs[a], probs[b])).sum())
+        rho2 = accountant.allotted("mst.select") / (d - 1)
+        say(f"selecting a spanning tree over {len(pairs)} pairs")
+        component = {n: n for n in names}
+
+        def find(x: str) -> str:
+            while component[x] != x:
+                component[x] = component[component[x]]
+                x = component[x]
+            return x
+
+        for _ in range(d - 1):
+            candidates = [p for p in pairs if find(p[0]) != find(p[1])]
+            idx, rho = exponential_mechanism([scores[p] for p in candidates], sensitivity=float(k), rho=rho2)
+            a, b = candidates[idx]
+            accountant.charge("mst.select", "exponential mechanism (Gumbel noisy max)", rho, candidates=len(candidates),
+                              sensitivity=k)
+            tree.append((a, b))
+            component[find(a)] = find(b)
+
+        # Stage 3: noisy 2-way marginals on the tree.
+        rho3 = accountant.allotted("mst.measure")
+        sigma3 = gaussian_sigma(rho3 / (d - 1), k)
+        say(f"measuring {d - 1} two-way marginals (sigma={sigma3:.3g})")
+        for a, b in tree:
+            exact = compress_cube(cubes[(a, b)], (a, b), compression)
+            noisy, rho = add_discrete_gaussian(exact, sigma3, k)
+            accountant.charge("mst.measure", "discrete Gaussian", rho, clique=[a, b], sigma=sigma3, sensitivity_l2=k)
+            measurements.append(NoisyMarginal((a, b), noisy.astype(np.float64), sigma3, "discrete Gaussian", rho))
+
+    return MSTResult(tuple(measurements), compression, tuple(tree))

@@ -1,0 +1,122 @@
+"""Reading the sensitive source as a stream of Arrow record batches (trusted side only).
+
+A source is a Parquet file, a directory of Parquet files (Hive-style subdirectories included), a glob, or CSV, on any
+fsspec filesystem. Opening a source reads metadata only; it refuses, with the file named, a directory holding files
+that are not Parquet, files whose schemas disagree on a column the job reads, and a source with no rows.
+Files and directories whose names start with ``_`` or ``.`` (``_SUCCESS``, ``.crc``) are skipped, as Spark does.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Iterator, Sequence
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+from dpbeam import lake
+from dpbeam.domain import arrow_type_to_str
+from dpbeam.errors import SourceError
+from dpbeam.spec import SourceSpec
+
+DEFAULT_BATCH_ROWS = 1 << 16
+_PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
+
+
+class Source:
+    """An opened source: its files, its schema, and batches of the columns a job reads."""
+
+    def __init__(self, spec: SourceSpec):
+        self.spec = spec
+        self.format = spec.resolved_format
+        self.fs, path = lake.filesystem(spec.uri)
+        self.files = self._list(path)
+
+    def _list(self, path: str) -> list[str]:
+        uri = self.spec.uri
+        if any(ch in path for ch in "*?["):
+            files = sorted(p for p in self.fs.glob(path) if self.fs.isfile(p))
+        elif not self.fs.exists(path):
+            raise SourceError(f"source {uri} does not exist; check source.uri")
+        elif self.fs.isdir(path):
+            files = sorted(
+                p for p in self.fs.find(path) if not any(seg.startswith(("_", ".")) for seg in p[len(path):].split("/"))
+            )
+            if self.format == "parquet":
+                odd = [p for p in files if not p.lower().endswith(_PARQUET_SUFFIXES)]
+                if odd:
+                    raise SourceError(
+                        f"source directory {uri} holds {len(odd)} file(s) that are not Parquet, e.g. {odd[0]}; move "
+                        "them out, or point source.uri at a glob such as DIR/*.parquet"
+                    )
+        else:
+            files = [path]
+        if not files:
+            raise SourceError(f"source {uri} holds no files; check source.uri")
+        return files
+
+    @cached_property
+    def _arrow_fs(self) -> PyFileSystem:
+        return PyFileSystem(FSSpecHandler(self.fs))
+
+    def _file_schema(self, path: str) -> pa.Schema:
+        try:
+            if self.format == "parquet":
+                with self.fs.open(path, "rb") as f:
+                    return pq.read_schema(f)
+            with self.fs.open(path, "rb") as f:
+                return pacsv.open_csv(f).schema
+        except (pa.ArrowInvalid, OSError) as err:
+            raise SourceError(f"cannot read {path} as {self.format}: {err}") from None
+
+    @cached_property
+    def schema(self) -> pa.Schema:
+        return self._file_schema(self.files[0])
+
+    def check(self, columns: Sequence[str]) -> None:
+        """Refuse differing schemas (on the columns read) and an empty source. Reads metadata only (Parquet)."""
+        first = self.schema
+        for path in self.files[1:]:
+            other = self._file_schema(path)
+            for c in columns:
+                if c in first.names and (c not in other.names or other.field(c).type != first.field(c).type):
+                    got = arrow_type_to_str(other.field(c).type) if c in other.names else "missing"
+                    raise SourceError(
+                        f"source files disagree on column '{c}': {self.files[0]} has "
+                        f"{arrow_type_to_str(first.field(c).type)}, {path} has {got}. Rewrite the odd files with one schema"
+                    )
+        if self.num_rows_upper_bound() == 0:
+            raise SourceError(f"source {self.spec.uri} has no rows; a synthetic table needs a non-empty source")
+
+    def num_rows_upper_bound(self) -> int:
+        """Rows in the source (Parquet: from footers); for CSV, 0 or 1 depending on whether any row exists."""
+        if self.format == "parquet":
+            total = 0
+            for path in self.files:
+                with self.fs.open(path, "rb") as f:
+                    total += pq.ParquetFile(f).metadata.num_rows
+            return total
+        for batch in self.batches(self.schema.names[:1]):
+            if batch.num_rows:
+                return 1
+        return 0
+
+    def dataset(self, columns: Sequence[str] | None = None) -> ds.Dataset:
+        if self.format == "parquet":
+            return ds.dataset(self.files, format="parquet", filesystem=self._arrow_fs)
+        fmt = ds.CsvFileFormat(convert_options=pacsv.ConvertOptions(column_types=self.schema))
+        return ds.dataset(self.files, format=fmt, filesystem=self._arrow_fs)
+
+    def batches(self, columns: Sequence[str], batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+        """Record batches of ``columns`` (each batch at most ``batch_rows`` rows), file after file."""
+        scanner = self.dataset(columns).scanner(columns=list(columns), batch_size=batch_rows, use_threads=True)
+        for batch in scanner.to_batches():
+            if batch.num_rows:
+                yield batch
+
+
+def open_source(spec: SourceSpec) -> Source:
+    return Source(spec)

@@ -1,0 +1,377 @@
+"""The job spec: YAML in, typed and validated models out.
+
+A spec says where the sensitive table is, who the privacy unit is, how much budget a run may spend, the public
+domain of every column, how to synthesize and where to write. Everything checkable without reading data is checked
+here; checks against the source's schema live in :mod:`dpbeam.plan`. Both run before any budget is spent.
+
+Example::
+
+    source: {uri: users.parquet}
+    privacy: {unit: {column: user_id}, epsilon: 1.0, delta: 1.0e-9, max_rows_per_unit: 10}
+    columns:
+      country: {kind: categorical, values: [DE, FR, US]}
+      age: {kind: integer, bounds: [18, 99], bins: 9}
+    output: {uri: gs://lake/synthetic/users}
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dpbeam.errors import SpecError
+
+MAX_DELTA = 1e-3
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Columns
+
+
+class CategoricalColumn(_Model):
+    """A column of discrete values. ``values`` is the public domain; values seen in the data but not listed map
+    to one "other" code. Without ``values`` the domain must be discovered with DP (needs a discovery budget)."""
+
+    kind: Literal["categorical"]
+    values: list[Union[str, int, bool]] | None = None
+    nullable: bool = False
+    other_label: str | None = Field(
+        default=None, description="How the 'other' code is written out; null when not set (strings get '__other__')."
+    )
+
+    @field_validator("values")
+    @classmethod
+    def _distinct(cls, v: list | None) -> list | None:
+        if v is not None:
+            if len(v) == 0:
+                raise ValueError("values is empty: list the public values, or leave it out to discover them with DP")
+            if len(set(map(repr, v))) != len(v):
+                raise ValueError("values has duplicates: list each value once")
+        return v
+
+
+class IntegerColumn(_Model):
+    """Integers within public ``bounds`` [lo, hi] (inclusive; values outside are clamped).
+
+    ``bins``: a number of equal-width bins or the list of bin edges (first = lo, last = hi + 1); by default one bin
+    per value when the range holds at most 128 values, otherwise 32 equal-width bins."""
+
+    kind: Literal["integer"]
+    bounds: tuple[int, int] | None = None
+    bins: int | list[int] | None = None
+    nullable: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> "IntegerColumn":
+        if self.bounds is not None and self.bounds[0] > self.bounds[1]:
+            raise ValueError(f"bounds {list(self.bounds)} has lo > hi: write [lo, hi] with lo <= hi")
+        _check_bins(self.bins, self.bounds)
+        return self
+
+
+class FloatColumn(_Model):
+    """Real numbers within public ``bounds`` [lo, hi] (clamped), in ``bins`` equal-width bins (default 32) or
+    between the listed edges (first = lo, last = hi)."""
+
+    kind: Literal["float"]
+    bounds: tuple[float, float] | None = None
+    bins: int | list[float] | None = None
+    nullable: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> "FloatColumn":
+        if self.bounds is not None and not self.bounds[0] < self.bounds[1]:
+            raise ValueError(f"bounds {list(self.bounds)} must satisfy lo < hi")
+        _check_bins(self.bins, self.bounds)
+        return self
+
+
+Granularity = Literal["second", "minute", "hour", "day", "week", "month", "year"]
+
+
+class DatetimeColumn(_Model):
+    """Timestamps or dates within public ``bounds`` [start, end] (clamped), binned by calendar ``granularity`` or
+    into ``bins`` equal-width bins. Naive timestamps are read as UTC."""
+
+    kind: Literal["datetime"]
+    bounds: tuple[_dt.datetime, _dt.datetime] | None = None
+    granularity: Granularity | None = None
+    bins: int | None = None
+    nullable: bool = False
+
+    @field_validator("bounds", mode="before")
+    @classmethod
+    def _dates(cls, v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [_dt.datetime.combine(x, _dt.time()) if type(x) is _dt.date else x for x in v]
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> "DatetimeColumn":
+        if self.bounds is not None and not _utc(self.bounds[0]) < _utc(self.bounds[1]):
+            raise ValueError("bounds must satisfy start < end")
+        if self.granularity is not None and self.bins is not None:
+            raise ValueError("give either granularity or bins, not both")
+        if self.bins is not None and self.bins < 1:
+            raise ValueError("bins must be >= 1")
+        return self
+
+
+class BooleanColumn(_Model):
+    """True/false."""
+
+    kind: Literal["boolean"]
+    nullable: bool = False
+
+
+ColumnSpec = Annotated[
+    Union[CategoricalColumn, IntegerColumn, FloatColumn, DatetimeColumn, BooleanColumn], Field(discriminator="kind")
+]
+
+
+def _check_bins(bins: int | list | None, bounds: tuple | None) -> None:
+    if bins is None:
+        return
+    if isinstance(bins, int):
+        if bins < 1:
+            raise ValueError("bins must be >= 1")
+        return
+    if len(bins) < 2 or any(b >= a for a, b in zip(bins[1:], bins[:-1])):
+        raise ValueError("bin edges must be at least two strictly increasing numbers")
+
+
+def _utc(t: _dt.datetime) -> _dt.datetime:
+    return t.replace(tzinfo=_dt.timezone.utc) if t.tzinfo is None else t
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The rest of the job
+
+
+class SourceSpec(_Model):
+    """Where the sensitive table lives: a Parquet file, directory or glob, or CSV; any fsspec URI."""
+
+    uri: str
+    format: Literal["parquet", "csv"] | None = None
+
+    @property
+    def resolved_format(self) -> str:
+        if self.format:
+            return self.format
+        stem = self.uri.rstrip("/").lower()
+        return "csv" if stem.endswith((".csv", ".csv.gz")) else "parquet"
+
+
+class UnitColumn(_Model):
+    column: str
+
+
+class PrivacySpec(_Model):
+    """The guarantee: (epsilon, delta)-DP for adding or removing one privacy unit with all of its rows.
+
+    ``unit`` is ``row`` (every row its own unit) or ``{column: NAME}``. ``max_rows_per_unit`` (k) bounds how many rows
+    of one unit are kept; every sensitivity, and so every noise scale, follows from it."""
+
+    unit: Union[Literal["row"], UnitColumn] = "row"
+    epsilon: float
+    delta: float
+    max_rows_per_unit: int = 1
+    expected_units: int | None = Field(
+        default=None, description="Public lower estimate of the number of units; when given, delta must be < 1/it."
+    )
+
+    @field_validator("epsilon")
+    @classmethod
+    def _eps(cls, v: float) -> float:
+        if not (v > 0 and v < float("inf")):
+            raise ValueError(f"epsilon must be a positive finite number; got {v}")
+        return v
+
+    @field_validator("delta")
+    @classmethod
+    def _delta(cls, v: float) -> float:
+        if not (0 < v <= MAX_DELTA):
+            raise ValueError(f"delta must be in (0, {MAX_DELTA:g}]; got {v:g}. A typical choice is 1e-9 or 1/(10 n)")
+        return v
+
+    @field_validator("max_rows_per_unit")
+    @classmethod
+    def _k(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"max_rows_per_unit must be >= 1; got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "PrivacySpec":
+        if self.unit == "row" and self.max_rows_per_unit != 1:
+            raise ValueError("with unit: row every row is its own unit, so max_rows_per_unit must be 1 (or omitted)")
+        if self.expected_units is not None and self.delta >= 1.0 / self.expected_units:
+            raise ValueError(
+                f"delta {self.delta:g} >= 1/expected_units = {1.0 / self.expected_units:g}: such a delta allows "
+                "releasing a unit's record outright; choose delta well below 1/expected_units"
+            )
+        return self
+
+    @property
+    def unit_column(self) -> str | None:
+        return None if self.unit == "row" else self.unit.column
+
+    @property
+    def k(self) -> int:
+        return self.max_rows_per_unit
+
+
+class SynthesizerSpec(_Model):
+    """How measurements are chosen (``method``) and turned into rows (``engine``)."""
+
+    method: Literal["mst"] = "mst"
+    engine: Literal["auto", "pgm"] = "auto"
+    iters: int = Field(default=3000, ge=1)
+    budget_split: dict[str, float] | None = Field(
+        default=None, description="Fractions of rho per MST stage: one_way, select, measure (default 1/3 each)."
+    )
+
+    @field_validator("budget_split")
+    @classmethod
+    def _split(cls, v: dict | None) -> dict | None:
+        if v is None:
+            return v
+        if set(v) != {"one_way", "select", "measure"}:
+            raise ValueError("budget_split needs exactly the keys one_way, select, measure")
+        if any(x <= 0 for x in v.values()) or abs(sum(v.values()) - 1.0) > 1e-9:
+            raise ValueError("budget_split fractions must be positive and sum to 1")
+        return v
+
+
+class OutputSpec(_Model):
+    """Where the synthetic table goes. ``rows`` defaults to the DP estimate of the source's row count."""
+
+    uri: str
+    rows: int | None = Field(default=None, ge=1)
+    overwrite: bool = False
+    measurements_uri: str | None = None
+    raw: bool = Field(default=False, description="Never allowed: dpbeam writes no raw rows.")
+
+    @field_validator("raw")
+    @classmethod
+    def _no_raw(cls, v: bool) -> bool:
+        if v:
+            raise ValueError("dpbeam never writes raw or bounded real rows; remove output.raw")
+        return v
+
+    @property
+    def resolved_measurements_uri(self) -> str:
+        return self.measurements_uri or self.uri.rstrip("/") + ".measurements"
+
+
+class JobSpec(_Model):
+    """A whole job. ``seed`` drives non-privacy randomness only (synthesis sampling); noise always comes from
+    OpenDP's OS-seeded samplers, so two runs with one seed differ by their noise."""
+
+    name: str = "dpbeam-job"
+    source: SourceSpec
+    privacy: PrivacySpec
+    columns: dict[str, ColumnSpec]
+    synthesizer: SynthesizerSpec = SynthesizerSpec()
+    output: OutputSpec
+    seed: int = 0
+
+    @field_validator("columns")
+    @classmethod
+    def _some(cls, v: dict) -> dict:
+        if not v:
+            raise ValueError("columns is empty: list every column to synthesize with its kind and public domain")
+        return v
+
+    @model_validator(mode="after")
+    def _unit_not_synthesized(self) -> "JobSpec":
+        col = self.privacy.unit_column
+        if col is not None and col in self.columns:
+            raise ValueError(
+                f"columns.{col} is the privacy unit; identifiers are never synthesized. Remove it from columns"
+            )
+        return self
+
+    def sha256(self) -> str:
+        """A stable hash of the spec's content (after defaults), recorded in every release statement."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def _resolve(uri: str, base: Path) -> str:
+    if _is_local(uri):
+        path = Path(uri.removeprefix("file://")).expanduser()
+        return str(path if path.is_absolute() else (base / path).resolve())
+    return uri
+
+
+def format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).endswith("Column") and p not in ("str", "int", "bool"))
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"  spec field '{loc}': {msg}")
+    return "invalid job spec:\n" + "\n".join(lines)
+
+
+def parse_spec(data: dict[str, Any], base_dir: str | os.PathLike | None = None) -> JobSpec:
+    """Validate a spec given as a mapping. Relative local paths resolve against ``base_dir`` (default: cwd)."""
+    if not isinstance(data, dict):
+        raise SpecError("a job spec must be a mapping with source, privacy, columns and output")
+    try:
+        spec = JobSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err)) from None
+    base = Path(base_dir or os.getcwd())
+    out = spec.output
+    return spec.model_copy(
+        update={
+            "source": spec.source.model_copy(update={"uri": _resolve(spec.source.uri, base)}),
+            "output": out.model_copy(
+                update={
+                    "uri": _resolve(out.uri, base),
+                    "measurements_uri": _resolve(out.measurements_uri, base) if out.measurements_uri else None,
+                }
+            ),
+        }
+    )
+
+
+def load_spec(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> JobSpec:
+    """Read a YAML spec. Relative paths in it are relative to the spec file. ``overrides`` are dotted keys
+    (``{"privacy.epsilon": 0.5}``) applied before validation."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"spec file {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise SpecError(f"spec file {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"spec file {path} must hold a mapping with source, privacy, columns and output")
+    for key, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return parse_spec(data, base_dir=path.parent.resolve())

@@ -1,0 +1,66 @@
+"""Shared fixtures: small tables on disk and specs that describe them (tiny domains keep JAX compiles short)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def small_table(n: int = 2000, seed: int = 0, units: int | None = None) -> pa.Table:
+    """A table with every column kind, correlated columns, and optionally a user id with skewed rows per user."""
+    rng = np.random.default_rng(seed)
+    color = rng.choice(["red", "green", "blue"], size=n, p=[0.5, 0.3, 0.2])
+    age = np.where(color == "red", rng.integers(18, 40, n), rng.integers(30, 80, n))
+    score = np.clip(age / 80 + rng.normal(0, 0.1, n), 0, 1)
+    day = np.datetime64("2024-01-01") + rng.integers(0, 90, n).astype("timedelta64[D]")
+    active = score > 0.5
+    cols = {
+        "color": pa.array(color),
+        "age": pa.array(age.astype(np.int64)),
+        "score": pa.array(score),
+        "day": pa.array(day.astype("datetime64[us]"), type=pa.timestamp("us")),
+        "active": pa.array(active),
+    }
+    if units is not None:
+        # heavy-tailed rows per user: most have 1-3 rows, a few have many
+        weights = rng.pareto(1.2, units) + 1
+        cols = {"user_id": pa.array(rng.choice(units, size=n, p=weights / weights.sum()).astype(np.int64)), **cols}
+    return pa.table(cols)
+
+
+def small_spec(source: str, out: str, **privacy) -> dict:
+    return {
+        "name": "small",
+        "source": {"uri": source},
+        "privacy": {"epsilon": 2.0, "delta": 1e-6, **privacy},
+        "columns": {
+            "color": {"kind": "categorical", "values": ["red", "green", "blue"]},
+            "age": {"kind": "integer", "bounds": [18, 79], "bins": 4},
+            "score": {"kind": "float", "bounds": [0.0, 1.0], "bins": 4},
+            "day": {"kind": "datetime", "bounds": ["2024-01-01", "2024-03-31"], "granularity": "month"},
+            "active": {"kind": "boolean"},
+        },
+        "synthesizer": {"iters": 200},
+        "output": {"uri": out},
+        "seed": 1,
+    }
+
+
+@pytest.fixture
+def small_parquet(tmp_path):
+    path = tmp_path / "small.parquet"
+    pq.write_table(small_table(), path)
+    return str(path)
+
+
+@pytest.fixture
+def users_parquet(tmp_path):
+    path = tmp_path / "users.parquet"
+    pq.write_table(small_table(n=3000, units=300), path)
+    return str(path)
