@@ -111,7 +111,7 @@ def synthesize(
     rows: Optional[int] = typer.Option(None, help="Rows to generate (default: the DP estimate of the source's)."),
     seed: int = typer.Option(0, help="Seed for sampling (not for privacy noise)."),
     engine: str = typer.Option("auto", help="Synthesis engine: auto or pgm."),
-    iters: int = typer.Option(3000, help="Optimization iterations."),
+    iters: int = typer.Option(1000, help="Optimization iterations."),
     overwrite: bool = typer.Option(False, help="Replace an existing table."),
 ) -> None:
     """Post-processing only: measurements -> synthetic Parquet table + release statement."""

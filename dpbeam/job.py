@@ -13,11 +13,12 @@ from typing import Any
 from dpbeam import lake
 from dpbeam.bounding import BoundingKey
 from dpbeam.domain import TableDomain, build_table_domain
-from dpbeam.errors import SourceError, SpecError
+from dpbeam.errors import SpecError
 from dpbeam.measurements import MeasurementsArtifact
 from dpbeam.privacy.accountant import ZCDPAccountant
 from dpbeam.privacy.mst import mst_plan, required_cliques, run_mst
 from dpbeam.privacy.noise import noise_is_off
+from dpbeam.privacy.refine import run_refinement
 from dpbeam.progress import Reporter
 from dpbeam.source import Source, open_source
 from dpbeam.spec import JobSpec
@@ -51,8 +52,9 @@ def plan_job(spec: JobSpec, check_outputs: bool = True) -> JobPlan:
     if check_outputs:
         lake.check_output_free(spec.output.uri, spec.output.overwrite, "output.uri")
         lake.check_output_free(spec.output.resolved_measurements_uri, spec.output.overwrite, "output.measurements_uri")
-    split = spec.synthesizer.budget_split
-    accountant = ZCDPAccountant(spec.privacy.epsilon, spec.privacy.delta, mst_plan(len(domain.columns), split))
+    syn = spec.synthesizer
+    budget = mst_plan(len(domain.columns), syn.budget_split, refine=syn.method == "mst-refined")
+    accountant = ZCDPAccountant(spec.privacy.epsilon, spec.privacy.delta, budget)
     return JobPlan(spec, source, domain, accountant)
 
 
@@ -89,14 +91,21 @@ def measure(
     """The trusted pass: bound, count, and run MST. Returns the artifact; exact counts are dropped here."""
     reporter = reporter or Reporter()
     cubes = _exact_cubes(plan, engine, key or BoundingKey.fresh(), reporter)
-    result = run_mst(cubes, plan.domain, plan.spec.privacy.k, plan.accountant, reporter.say)
+    k, syn = plan.spec.privacy.k, plan.spec.synthesizer
+    result = run_mst(cubes, plan.domain, k, plan.accountant, reporter.say)
+    if "refine" in plan.accountant.plan:
+        result = run_refinement(
+            cubes, plan.domain, k, plan.accountant, result, rounds=syn.refine_rounds, per_round=syn.refine_per_round,
+            max_cells=syn.max_model_cells, progress=reporter.say,
+        )
     del cubes
     manifest = {
-        "method": "mst",
+        "method": syn.method,
         "engine": engine,
         "spec_name": plan.spec.name,
         "spec_sha256": plan.spec.sha256(),
         "tree": [list(e) for e in result.tree],
+        "refined": [list(c) for c in result.refined],
         "library_versions": library_versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
     }

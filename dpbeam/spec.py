@@ -233,25 +233,34 @@ class PrivacySpec(_Model):
 
 
 class SynthesizerSpec(_Model):
-    """How measurements are chosen (``method``) and turned into rows (``engine``)."""
+    """How measurements are chosen (``method``) and turned into rows (``engine``).
 
-    method: Literal["mst"] = "mst"
+    ``mst``: McKenna et al.'s MST (1-way marginals, a spanning tree of 2-way marginals). ``mst-refined`` (default):
+    MST, then ``refine_rounds`` AIM-style rounds that measure the 2-way marginals the current model gets most wrong,
+    keeping the model's largest junction-tree clique within ``max_model_cells``."""
+
+    method: Literal["mst", "mst-refined"] = "mst-refined"
     engine: Literal["auto", "pgm"] = "auto"
-    iters: int = Field(default=3000, ge=1)
+    iters: int = Field(default=1000, ge=1)
     budget_split: dict[str, float] | None = Field(
-        default=None, description="Fractions of rho per MST stage: one_way, select, measure (default 1/3 each)."
+        default=None,
+        description="Fractions of rho per stage: one_way, select, measure (and refine for mst-refined).",
     )
+    refine_rounds: int = Field(default=1, ge=1)
+    refine_per_round: int | None = Field(default=None, ge=1, description="Default: number of columns - 1.")
+    max_model_cells: int = Field(default=1_000_000, ge=1)
 
-    @field_validator("budget_split")
-    @classmethod
-    def _split(cls, v: dict | None) -> dict | None:
+    @model_validator(mode="after")
+    def _split(self) -> "SynthesizerSpec":
+        v = self.budget_split
         if v is None:
-            return v
-        if set(v) != {"one_way", "select", "measure"}:
-            raise ValueError("budget_split needs exactly the keys one_way, select, measure")
+            return self
+        keys = {"one_way", "select", "measure"} | ({"refine"} if self.method == "mst-refined" else set())
+        if set(v) != keys:
+            raise ValueError(f"budget_split for method {self.method} needs exactly the keys {sorted(keys)}")
         if any(x <= 0 for x in v.values()) or abs(sum(v.values()) - 1.0) > 1e-9:
             raise ValueError("budget_split fractions must be positive and sum to 1")
-        return v
+        return self
 
 
 class OutputSpec(_Model):

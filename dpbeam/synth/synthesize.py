@@ -32,7 +32,7 @@ def choose_engine(artifact: MeasurementsArtifact, requested: str = "auto") -> st
     return "pgm"
 
 
-def fit_model(artifact: MeasurementsArtifact, engine: str = "auto", iters: int = 3000, seed: int = 0) -> FittedModel:
+def fit_model(artifact: MeasurementsArtifact, engine: str = "auto", iters: int = 1000, seed: int = 0) -> FittedModel:
     from dpbeam.synth import pgm
 
     choose_engine(artifact, engine)
@@ -45,7 +45,7 @@ def synthesize(
     rows: int | None = None,
     seed: int = 0,
     engine: str = "auto",
-    iters: int = 3000,
+    iters: int = 1000,
     overwrite: bool = False,
     reporter: Reporter | None = None,
 ) -> dict[str, Any]:

@@ -1,0 +1,136 @@
+"""MST spends exactly its budget, stage by stage, with the noise scales its docstring derives."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from dpbeam.domain import BinnedDomain, TableDomain
+from dpbeam.marginals import count_cliques
+from dpbeam.privacy.accountant import ZCDPAccountant
+from dpbeam.privacy.mst import compress_cube, compress_rare, mst_plan, project_simplex, required_cliques, run_mst
+
+SIZES = [4, 3, 5, 2, 6]
+DOM = TableDomain(tuple(BinnedDomain(f"c{i}", "int64", False, edges=tuple(range(s + 1))) for i, s in enumerate(SIZES)))
+
+
+def _cubes(n=5000, seed=0):
+    rng = np.random.default_rng(seed)
+    c0 = rng.integers(0, 4, n)
+    codes = np.stack([c0, (c0 + rng.integers(0, 2, n)) % 3, rng.integers(0, 5, n), c0 % 2, rng.integers(0, 6, n)], 1)
+    return count_cliques(codes.astype(np.uint8), DOM, required_cliques(DOM.names))
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_mst_spends_exactly_its_budget(k):
+    acc = ZCDPAccountant(1.0, 1e-9, mst_plan(len(SIZES)))
+    result = run_mst(_cubes(), DOM, k, acc)
+    d = len(SIZES)
+    for stage in ("mst.one_way", "mst.select", "mst.measure"):
+        assert acc.spent(stage) == pytest.approx(acc.allotted(stage), rel=1e-9)
+        assert acc.spent(stage) <= acc.allotted(stage) * (1 + 1e-9)
+    assert acc.spent() == pytest.approx(acc.rho, rel=1e-9)
+    # noise scales from the docstring: sigma_1 = k sqrt(d / (2 rho_1)), sigma_3 = k sqrt((d-1) / (2 rho_3))
+    rho_stage = acc.rho / 3
+    one = [m for m in result.measurements if len(m.clique) == 1]
+    two = [m for m in result.measurements if len(m.clique) == 2]
+    assert len(one) == d and len(two) == d - 1
+    assert one[0].stddev == pytest.approx(k * math.sqrt(d / (2 * rho_stage)), rel=1e-9)
+    assert two[0].stddev == pytest.approx(k * math.sqrt((d - 1) / (2 * rho_stage)), rel=1e-9)
+    # selections: d - 1 charges with sensitivity k
+    sel = [c for c in acc.charges if c.stage == "mst.select"]
+    assert len(sel) == d - 1 and all(c.detail["sensitivity"] == k for c in sel)
+
+
+def test_tree_spans_all_columns():
+    acc = ZCDPAccountant(5.0, 1e-9, mst_plan(len(SIZES)))
+    tree = run_mst(_cubes(), DOM, 1, acc).tree
+    parent = {n: n for n in DOM.names}
+
+    def find(x):
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    for a, b in tree:
+        assert find(a) != find(b), "the selected edges form a cycle"
+        parent[find(a)] = find(b)
+    assert len({find(n) for n in DOM.names}) == 1
+
+
+def test_single_column_spends_everything_on_one_way():
+    dom = TableDomain(DOM.columns[:1])
+    acc = ZCDPAccountant(1.0, 1e-9, mst_plan(1))
+    cubes = {("c0",): np.array([10, 20, 30, 40])}
+    result = run_mst(cubes, dom, 1, acc)
+    assert len(result.measurements) == 1 and acc.spent() == pytest.approx(acc.rho)
+
+
+def test_compression_merges_rare_codes_and_keeps_the_scale():
+    noisy = np.array([500, 2, -3, 400, 1])
+    mapping = compress_rare(noisy, threshold=30)
+    assert mapping.tolist() == [0, 2, 2, 1, 2]
+    cube = np.arange(10).reshape(5, 2)
+    np.testing.assert_array_equal(compress_cube(cube, ("a", "b"), {"a": mapping}),
+                                  [[0, 1], [6, 7], [2 + 4 + 8, 3 + 5 + 9]])
+    assert compress_rare(np.array([100, 100, 1]), 30) is None  # one rare code: nothing to merge
+    acc = ZCDPAccountant(0.05, 1e-9, mst_plan(len(SIZES)))  # small eps: large sigma, many rare codes
+    result = run_mst(_cubes(), DOM, 1, acc)
+    for m in result.measurements:
+        if m.weights is not None:
+            merged = int((result.compression[m.clique[0]] == m.values.size - 1).sum())
+            assert m.weights[-1] == pytest.approx(1 / math.sqrt(merged))
+
+
+def test_project_simplex():
+    np.testing.assert_allclose(project_simplex(np.array([3.0, -1.0, 0.5]), 2.0), [2.0, 0.0, 0.0])
+    x = project_simplex(np.array([1.0, 1.2, -0.1]), 3.0)  # theta = -0.3: every entry moves up by 0.3
+    np.testing.assert_allclose(x, [1.3, 1.5, 0.2])
+
+
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_refinement_spends_exactly_its_budget(rounds):
+    from dpbeam.privacy.refine import run_refinement
+
+    acc = ZCDPAccountant(1.0, 1e-9, mst_plan(len(SIZES), refine=True))
+    cubes = _cubes()
+    base = run_mst(cubes, DOM, 2, acc)
+    result = run_refinement(cubes, DOM, 2, acc, base, rounds=rounds, per_round=2, fit_iters=50)
+    assert acc.spent() == pytest.approx(acc.rho, rel=1e-9)
+    assert acc.spent("refine") <= acc.allotted("refine") * (1 + 1e-9)
+    assert len(result.refined) == 2 * rounds
+    measured = [tuple(m.clique) for m in result.measurements]
+    assert len(set(measured)) == len(measured), "a marginal was measured twice"
+    sel = [c for c in acc.charges if c.stage == "refine" and c.mechanism.startswith("exponential")]
+    assert len(sel) == 2 * rounds and all(c.detail["sensitivity"] == 2 for c in sel)
+
+
+def test_refinement_respects_the_model_size_limit():
+    from dpbeam.privacy.refine import run_refinement
+    from dpbeam.synth.pgm import junction_tree_cells_of
+
+    acc = ZCDPAccountant(1.0, 1e-9, mst_plan(len(SIZES), refine=True))
+    cubes = _cubes()
+    base = run_mst(cubes, DOM, 1, acc)
+    result = run_refinement(cubes, DOM, 1, acc, base, per_round=6, max_cells=40, fit_iters=50)
+    sizes = {n: DOM[n].size for n in DOM.names}
+    assert junction_tree_cells_of(sizes, [tuple(m.clique) for m in result.measurements]) <= 40
+    # whatever the limit let through, the stage still spends exactly its allotment
+    assert acc.spent("refine") == pytest.approx(acc.allotted("refine"), rel=1e-9)
+
+
+def test_pair_marginals_match_variable_elimination():
+    from itertools import combinations
+
+    from dpbeam.measurements import MeasurementsArtifact
+    from dpbeam.synth import pgm
+
+    acc = ZCDPAccountant(2.0, 1e-9, mst_plan(len(SIZES)))
+    result = run_mst(_cubes(), DOM, 1, acc)
+    model = pgm.fit(MeasurementsArtifact(DOM, result.compression, result.measurements, {}, {}), iters=100)
+    pairs = list(combinations(DOM.names, 2))
+    fast = model.pair_marginals(pairs)
+    for p in pairs:
+        np.testing.assert_allclose(fast[p], model.marginal(p), rtol=1e-6, atol=1e-6)
