@@ -26,6 +26,10 @@ def _overrides(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def _engine_options(pairs: list[str] | None) -> dict[str, Any]:
+    return _overrides(pairs)
+
+
 def _fail(err: Exception) -> None:
     console.print(f"[bold red]error:[/] {err}")
     raise typer.Exit(code=2)
@@ -50,15 +54,19 @@ def demo(
         engine="local",
         overwrite=overwrite,
         set_=[f"output.uri={(out / 'adult-synthetic').resolve()}", f"privacy.epsilon={epsilon}"],
+        engine_option=None,
     )
 
 
 @app.command()
 def run(
     spec: Path = typer.Argument(..., help="Job spec (YAML)."),
-    engine: str = typer.Option("local", help="Where the trusted pass runs: local."),
+    engine: str = typer.Option("local", help="Where the trusted pass runs: local, beam or spark."),
     overwrite: bool = typer.Option(False, help="Replace existing output (same as output.overwrite: true)."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a spec field: KEY=VALUE, repeatable."),
+    engine_option: Optional[List[str]] = typer.Option(
+        None, "--engine-option", help="An engine option KEY=VALUE (e.g. runner=FnApiRunner, master=local[2])."
+    ),
 ) -> None:
     """Measure and synthesize: source table -> DP measurements -> synthetic Parquet table + release statement."""
     from dpbeam.job import run_job
@@ -70,7 +78,7 @@ def run(
         if overwrite:
             overrides["output.overwrite"] = True
         job = load_spec(spec, overrides)
-        statement = run_job(job, engine=engine, reporter=RichReporter(console))
+        statement = run_job(job, engine=engine, reporter=RichReporter(console), **_engine_options(engine_option))
     except DPBeamError as err:
         _fail(err)
     _report(statement, job.output.uri)
@@ -80,9 +88,10 @@ def run(
 def measure(
     spec: Path = typer.Argument(..., help="Job spec (YAML)."),
     out: Optional[str] = typer.Option(None, help="Where to write the measurements (default: output.measurements_uri)."),
-    engine: str = typer.Option("local", help="Where the trusted pass runs: local."),
+    engine: str = typer.Option("local", help="Where the trusted pass runs: local, beam or spark."),
     overwrite: bool = typer.Option(False, help="Replace existing measurements."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a spec field: KEY=VALUE, repeatable."),
+    engine_option: Optional[List[str]] = typer.Option(None, "--engine-option", help="An engine option KEY=VALUE."),
 ) -> None:
     """The trusted half only: write the DP measurements artifact (no synthetic rows)."""
     from dpbeam import lake
@@ -95,8 +104,9 @@ def measure(
         job = load_spec(spec, _overrides(set_))
         target = out or job.output.resolved_measurements_uri
         lake.check_output_free(target, overwrite, "measurements output")
-        plan = plan_job(job, check_outputs=False)
-        artifact = measure_job(plan, engine, reporter=RichReporter(console))
+        options = _engine_options(engine_option)
+        plan = plan_job(job, check_outputs=False, engine=engine, **options)
+        artifact = measure_job(plan, engine, reporter=RichReporter(console), **options)
         artifact.write(target, overwrite=overwrite)
     except DPBeamError as err:
         _fail(err)

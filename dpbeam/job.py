@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dpbeam import lake
+from dpbeam.aggregate import Aggregation, MarginalCounts
 from dpbeam.bounding import BoundingKey
 from dpbeam.domain import TableDomain, build_table_domain
 from dpbeam.errors import SpecError
@@ -24,7 +25,20 @@ from dpbeam.source import Source, open_source
 from dpbeam.spec import JobSpec
 from dpbeam.versions import library_versions
 
-ENGINES = ("local",)
+ENGINES = ("local", "beam", "spark")
+
+
+def engine_module(name: str):
+    """The adapter module of an engine; each has ``run_aggregation(source, aggregation, unit_column, k, key,
+    advance=None, **options)`` (see :mod:`dpbeam.aggregate`)."""
+    if name not in ENGINES:
+        raise SpecError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
+    import importlib
+
+    try:
+        return importlib.import_module(f"transforms.{name}")
+    except ImportError as err:
+        raise SpecError(f"the {name} engine needs its extra: pip install 'dpbeam[{name}]' ({err})") from None
 
 
 @dataclass
@@ -39,9 +53,14 @@ class JobPlan:
         return self.spec.privacy.unit_column
 
 
-def plan_job(spec: JobSpec, check_outputs: bool = True) -> JobPlan:
+def plan_job(spec: JobSpec, check_outputs: bool = True, engine: str = "local", **options: Any) -> JobPlan:
     """Check everything that can be checked without spending budget, and make the budget plan."""
-    source = open_source(spec.source)
+    if spec.source.table is not None:
+        if engine != "spark":
+            raise SpecError(f"source.table {spec.source.table!r} is a catalog table: run it with the spark engine")
+        source = engine_module("spark").catalog_source(spec.source.table, **options)
+    else:
+        source = open_source(spec.source)
     unit = spec.privacy.unit_column
     if unit is not None and unit not in source.schema.names:
         raise SpecError(
@@ -58,16 +77,15 @@ def plan_job(spec: JobSpec, check_outputs: bool = True) -> JobPlan:
     return JobPlan(spec, source, domain, accountant)
 
 
-def _exact_cubes(plan: JobPlan, engine: str, key: BoundingKey, reporter: Reporter):
-    cliques = required_cliques(plan.domain.names)
-    if engine == "local":
-        from transforms import local
-
-        with reporter.stage("reading, bounding and counting (local engine)") as advance:
-            return local.exact_cubes(
-                plan.source, plan.domain, plan.unit_column, plan.spec.privacy.k, cliques, key, advance
-            )
-    raise SpecError(f"unknown engine {engine!r}; choose one of {ENGINES}")
+def run_aggregation(
+    plan: JobPlan, aggregation: Aggregation, engine: str, key: BoundingKey, reporter: Reporter, **options: Any
+):
+    """Run one bounded aggregation on the chosen engine (see :mod:`dpbeam.aggregate`)."""
+    module = engine_module(engine)
+    with reporter.stage(f"reading, bounding and counting ({engine} engine)") as advance:
+        return module.run_aggregation(
+            plan.source, aggregation, plan.unit_column, plan.spec.privacy.k, key, advance=advance, **options
+        )
 
 
 def privacy_record(plan: JobPlan) -> dict[str, Any]:
@@ -86,11 +104,16 @@ def privacy_record(plan: JobPlan) -> dict[str, Any]:
 
 
 def measure(
-    plan: JobPlan, engine: str = "local", key: BoundingKey | None = None, reporter: Reporter | None = None
+    plan: JobPlan,
+    engine: str = "local",
+    key: BoundingKey | None = None,
+    reporter: Reporter | None = None,
+    **options: Any,
 ) -> MeasurementsArtifact:
     """The trusted pass: bound, count, and run MST. Returns the artifact; exact counts are dropped here."""
     reporter = reporter or Reporter()
-    cubes = _exact_cubes(plan, engine, key or BoundingKey.fresh(), reporter)
+    counts = MarginalCounts(plan.domain, required_cliques(plan.domain.names))
+    cubes = run_aggregation(plan, counts, engine, key or BoundingKey.fresh(), reporter, **options)
     k, syn = plan.spec.privacy.k, plan.spec.synthesizer
     result = run_mst(cubes, plan.domain, k, plan.accountant, reporter.say)
     if "refine" in plan.accountant.plan:
@@ -113,14 +136,18 @@ def measure(
 
 
 def run_job(
-    spec: JobSpec, engine: str = "local", reporter: Reporter | None = None, key: BoundingKey | None = None
+    spec: JobSpec,
+    engine: str = "local",
+    reporter: Reporter | None = None,
+    key: BoundingKey | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """Plan, measure, write the artifact, synthesize and commit the table. Returns the release statement."""
     from dpbeam.synth.synthesize import synthesize
 
     reporter = reporter or Reporter()
-    plan = plan_job(spec)
-    artifact = measure(plan, engine, key=key, reporter=reporter)
+    plan = plan_job(spec, engine=engine, **options)
+    artifact = measure(plan, engine, key=key, reporter=reporter, **options)
     artifact.write(spec.output.resolved_measurements_uri, overwrite=spec.output.overwrite)
     return synthesize(
         artifact,

@@ -160,16 +160,24 @@ def _utc(t: _dt.datetime) -> _dt.datetime:
 
 
 class SourceSpec(_Model):
-    """Where the sensitive table lives: a Parquet file, directory or glob, or CSV; any fsspec URI."""
+    """Where the sensitive table lives: ``uri`` (a Parquet file, directory or glob, or CSV; any fsspec URI), or
+    ``table``, a catalog table name (Spark engine only)."""
 
-    uri: str
+    uri: str | None = None
+    table: str | None = None
     format: Literal["parquet", "csv"] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "SourceSpec":
+        if (self.uri is None) == (self.table is None):
+            raise ValueError("give exactly one of source.uri (files) or source.table (a Spark catalog table)")
+        return self
 
     @property
     def resolved_format(self) -> str:
         if self.format:
             return self.format
-        stem = self.uri.rstrip("/").lower()
+        stem = (self.uri or "").rstrip("/").lower()
         return "csv" if stem.endswith((".csv", ".csv.gz")) else "parquet"
 
 
@@ -354,7 +362,9 @@ def parse_spec(data: dict[str, Any], base_dir: str | os.PathLike | None = None) 
     out = spec.output
     return spec.model_copy(
         update={
-            "source": spec.source.model_copy(update={"uri": _resolve(spec.source.uri, base)}),
+            "source": spec.source.model_copy(
+                update={"uri": _resolve(spec.source.uri, base) if spec.source.uri else None}
+            ),
             "output": out.model_copy(
                 update={
                     "uri": _resolve(out.uri, base),

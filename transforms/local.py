@@ -1,61 +1,57 @@
-"""The local engine: the whole trusted pass in this process, streaming Arrow batches from the source.
+"""The local engine: the trusted pass in this process, streaming Arrow batches from the source.
 
-Row-level jobs count batch by batch and hold only the cubes. Unit-level jobs hold the encoded codes (a few bytes a
-row) and two hash words per row until every row of every unit has been seen, then bound and count.
+Row-level jobs summarize batch by batch and hold only the summary. Unit-level jobs hash-partition the prepared
+batches (encoded codes and two unit-hash words per row, a few bytes a row) into buckets by unit, then bound and
+summarize one bucket at a time, so sorting never touches more than one bucket.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, TypeVar
 
-import numpy as np
+import pyarrow as pa
 
-from dpbeam.bounding import BoundingKey, bound_rows, unit_hashes
-from dpbeam.domain import TableDomain
-from dpbeam.encode import encode_batch
-from dpbeam.marginals import Clique, count_cliques, empty_cubes, merge_cubes
+from dpbeam.aggregate import Aggregation, bound_prepared, partition_of, prepare_with_units
+from dpbeam.bounding import BoundingKey
 from dpbeam.source import Source
 
+S = TypeVar("S")
 Advance = Callable[[int], None]
+BUCKETS = 16
 
 
-def _encoded(source: Source, domain: TableDomain, unit_column: str | None, advance: Advance | None):
-    columns = domain.names + ([unit_column] if unit_column else [])
+def run_aggregation(
+    source: Source,
+    aggregation: Aggregation[S],
+    unit_column: str | None,
+    k: int,
+    key: BoundingKey,
+    advance: Advance | None = None,
+    **options: object,
+) -> S:
+    """The merged summary of ``aggregation`` over the bounded source table. The local engine takes no options."""
+    if options:
+        raise TypeError(f"the local engine takes no options; got {sorted(options)}")
+    columns = aggregation.columns + ([unit_column] if unit_column else [])
+    summary = aggregation.zero()
+    buckets: list[list[pa.RecordBatch]] = [[] for _ in range(BUCKETS)]
     for batch in source.batches(columns):
-        codes = encode_batch(batch, domain)
-        units = batch.column(unit_column) if unit_column else None
-        yield codes, units
+        prepared = prepare_with_units(aggregation, batch, unit_column, key)
+        # prepared: one row per source row; code columns (+ __unit_h1, __unit_h2 for unit-level jobs)
+        if unit_column is None:
+            summary = aggregation.merge(summary, aggregation.partial(prepared))
+        else:
+            part = partition_of(prepared, BUCKETS)
+            for b in range(BUCKETS):
+                rows = (part == b).nonzero()[0]
+                if len(rows):
+                    buckets[b].append(prepared.take(pa.array(rows)))
         if advance:
             advance(batch.num_rows)
-
-
-def bounded_codes(
-    source: Source, domain: TableDomain, unit_column: str | None, k: int, key: BoundingKey,
-    advance: Advance | None = None,
-) -> np.ndarray:
-    """The code matrix of the rows kept after bounding (every row for row-level jobs)."""
-    parts, h1s, h2s = [], [], []
-    for codes, units in _encoded(source, domain, unit_column, advance):
-        parts.append(codes)
-        if units is not None:
-            h1, h2 = unit_hashes(units, key)
-            h1s.append(h1)
-            h2s.append(h2)
-    codes = np.concatenate(parts) if parts else np.zeros((0, len(domain.columns)), domain.code_dtype())
-    if unit_column is None:
-        return codes
-    keep = bound_rows(np.concatenate(h1s), np.concatenate(h2s), codes, k, key)
-    return codes[keep]
-
-
-def exact_cubes(
-    source: Source, domain: TableDomain, unit_column: str | None, k: int, cliques: Sequence[Clique],
-    key: BoundingKey, advance: Advance | None = None,
-) -> dict[Clique, np.ndarray]:
-    """Exact cubes of ``cliques`` over the bounded table. These never leave the trusted side."""
-    if unit_column is not None:
-        return count_cliques(bounded_codes(source, domain, unit_column, k, key, advance), domain, cliques)
-    cubes = empty_cubes(domain, cliques)
-    for codes, _ in _encoded(source, domain, None, advance):
-        cubes = merge_cubes(cubes, count_cliques(codes, domain, cliques))
-    return cubes
+    for b in range(BUCKETS):
+        if buckets[b]:
+            bucket = pa.Table.from_batches(buckets[b]).combine_chunks().to_batches()[0]
+            buckets[b] = []
+            # bucket: every row of the units hashed to b
+            summary = aggregation.merge(summary, aggregation.partial(bound_prepared(aggregation, bucket, k, key)))
+    return summary

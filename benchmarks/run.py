@@ -1,0 +1,59 @@
+"""Run the benchmark suite: `python benchmarks/run.py [NAME ...] [--reps N]`.
+
+Writes benchmarks/results/NAME-YYYYmmdd-HHMMSS.json (with the machine's description) and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import adult  # noqa: E402
+from dpbeam.versions import library_versions  # noqa: E402
+
+SUITE = {"adult": adult}
+
+
+def machine() -> dict:
+    return {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
+            "processor": platform.processor(), "libraries": library_versions()}
+
+
+def markdown(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    def fmt(v):
+        return f"{v:.4f}" if isinstance(v, float) and abs(v) < 1 else (f"{v:.1f}" if isinstance(v, float) else str(v))
+
+    head = "| " + " | ".join(t for _, t in columns) + " |\n|" + "---|" * len(columns) + "\n"
+    return head + "\n".join("| " + " | ".join(fmt(r[k]) for k, _ in columns) + " |" for r in rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("names", nargs="*", default=list(SUITE))
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--eps", type=float, nargs="*", default=None)
+    args = ap.parse_args()
+    out_dir = Path(__file__).resolve().parent / "results"
+    out_dir.mkdir(exist_ok=True)
+    for name in args.names:
+        mod = SUITE[name]
+        kwargs = {"reps": args.reps}
+        if args.eps:
+            kwargs["epsilons"] = tuple(args.eps)
+        rows = mod.run(**kwargs)
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = out_dir / f"{name}-{stamp}.json"
+        path.write_text(json.dumps({"benchmark": name, "machine": machine(), "rows": rows}, indent=2))
+        print(f"\n## {name}  ({path.relative_to(out_dir.parent.parent)})\n")
+        print(markdown(rows, mod.COLUMNS))
+
+
+if __name__ == "__main__":
+    main()
