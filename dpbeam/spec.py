@@ -255,7 +255,7 @@ class SynthesizerSpec(_Model):
         description="Fractions of rho per stage: one_way, select, measure (and refine for mst-refined).",
     )
     refine_rounds: int = Field(default=1, ge=1)
-    refine_per_round: int | None = Field(default=None, ge=1, description="Default: number of columns - 1.")
+    refine_per_round: int | None = Field(default=None, ge=1, description="Default: 2 (number of columns - 1).")
     max_model_cells: int = Field(default=1_000_000, ge=1)
 
     @model_validator(mode="after")

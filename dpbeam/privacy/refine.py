@@ -49,12 +49,12 @@ def run_refinement(
     fit_iters: int = 1000,
     progress: Callable[[str], None] | None = None,
 ) -> MSTResult:
-    """Add ``rounds`` x ``per_round`` (default: columns - 1) adaptively chosen 2-way measurements to ``base``."""
+    """Add ``rounds`` x ``per_round`` (default: 2 (columns - 1)) adaptively chosen 2-way measurements to ``base``."""
     from dpbeam.synth import pgm  # the trusted side may use post-processing; the reverse is what is forbidden
 
     say = progress or (lambda _msg: None)
     names = domain.names
-    per_round = per_round or max(1, len(names) - 1)
+    per_round = per_round or max(1, 2 * (len(names) - 1))
     measurements = list(base.measurements)
     compression = base.compression
     rho_round = accountant.allotted(STAGE) / rounds
