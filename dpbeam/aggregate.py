@@ -116,12 +116,11 @@ def bound_prepared(aggregation: Aggregation, prepared: pa.RecordBatch, k: int, k
     """Keep at most k rows of each unit in a prepared batch that holds every row of the units it contains.
 
     The kept rows depend only on each unit's own rows and the key (see :mod:`dpbeam.bounding`), so any split of the
-    units into batches gives the same result."""
+    units into batches gives the same result. The unit-hash columns stay, for aggregations that count units."""
     h1 = prepared.column(UNIT_H1).to_numpy()
     h2 = prepared.column(UNIT_H2).to_numpy()
     keep = bound_rows(h1, h2, aggregation.row_keys(prepared), k, key)
-    kept = prepared.take(pa.array(np.sort(keep)))
-    return kept.drop_columns([UNIT_H1, UNIT_H2])
+    return prepared.take(pa.array(np.sort(keep)))
 
 
 def partition_of(prepared: pa.RecordBatch, partitions: int) -> np.ndarray:

@@ -227,17 +227,46 @@ def _kind_error(name: str, spec_kind: str, t: pa.DataType, hint: str) -> SpecErr
     return SpecError(f"column '{name}' is {arrow_type_to_str(t)} in the source but the spec says kind: {spec_kind}; {hint}")
 
 
+_KIND_RULES = {
+    "categorical": (
+        lambda t: pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t) or pa.types.is_boolean(t),
+        "categorical columns must be strings, integers or booleans",
+    ),
+    "boolean": (pa.types.is_boolean, "use kind: categorical or integer for it"),
+    "integer": (pa.types.is_integer, "use kind: float for real numbers"),
+    "float": (lambda t: pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_decimal(t),
+              "float columns must be numeric"),
+    "datetime": (lambda t: pa.types.is_timestamp(t) or pa.types.is_date(t), "datetime columns must be timestamps or dates"),
+}
+
+
+def check_column_kind(name: str, spec: ColumnSpec, arrow_type: pa.DataType) -> pa.DataType:
+    """The column's value type, after checking that the spec's kind can hold it."""
+    t = arrow_type.value_type if pa.types.is_dictionary(arrow_type) else arrow_type
+    ok, hint = _KIND_RULES[spec.kind]
+    if not ok(t):
+        raise SpecError(
+            f"column '{name}' is {arrow_type_to_str(t)} in the source but the spec says kind: {spec.kind}; {hint}"
+        )
+    return t
+
+
+def is_open(spec: ColumnSpec) -> bool:
+    """Whether the spec leaves the column's domain to DP discovery (no values, or no bounds)."""
+    if isinstance(spec, CategoricalColumn):
+        return spec.values is None
+    return not isinstance(spec, BooleanColumn) and spec.bounds is None
+
+
 def build_column_domain(name: str, spec: ColumnSpec, arrow_type: pa.DataType) -> ColumnDomain:
     """Turn one column's spec into its domain, checking the kind against the source's Arrow type."""
-    t = arrow_type.value_type if pa.types.is_dictionary(arrow_type) else arrow_type
+    t = check_column_kind(name, spec, arrow_type)
     base = {"name": name, "arrow_type": arrow_type_to_str(t), "nullable": spec.nullable}
     if isinstance(spec, CategoricalColumn):
-        if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t) or pa.types.is_boolean(t)):
-            raise _kind_error(name, "categorical", t, "categorical columns must be strings, integers or booleans")
         if spec.values is None:
             raise SpecError(
-                f"column '{name}' has no public values: list them under columns.{name}.values "
-                "(DP discovery of values needs a discovery budget, which this job does not have)"
+                f"column '{name}' has no public values: list them under columns.{name}.values, or set "
+                "privacy.discovery_fraction (e.g. 0.1) to discover them with DP"
             )
         try:
             pa.array(spec.values).cast(t)
@@ -248,28 +277,20 @@ def build_column_domain(name: str, spec: ColumnSpec, arrow_type: pa.DataType) ->
             ) from None
         return CategoricalDomain(**base, values=tuple(spec.values), other_label=spec.other_label)
     if isinstance(spec, BooleanColumn):
-        if not pa.types.is_boolean(t):
-            raise _kind_error(name, "boolean", t, "use kind: categorical or integer for it")
         return BooleanDomain(**base)
     if isinstance(spec, IntegerColumn):
-        if not pa.types.is_integer(t):
-            raise _kind_error(name, "integer", t, "use kind: float for real numbers")
         return BinnedDomain(**base, edges=tuple(integer_edges(name, spec)), binned_kind="integer")
     if isinstance(spec, FloatColumn):
-        if not (pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_decimal(t)):
-            raise _kind_error(name, "float", t, "float columns must be numeric")
         return BinnedDomain(**base, edges=tuple(float_edges(name, spec)), binned_kind="float")
     if isinstance(spec, DatetimeColumn):
-        if not (pa.types.is_timestamp(t) or pa.types.is_date(t)):
-            raise _kind_error(name, "datetime", t, "datetime columns must be timestamps or dates")
         return BinnedDomain(**base, edges=tuple(datetime_edges(name, spec)), binned_kind="datetime")
     raise SpecError(f"column '{name}': unsupported kind {spec.kind}")  # pragma: no cover
 
 
 def _missing_bounds(name: str) -> SpecError:
     return SpecError(
-        f"column '{name}' has no public bounds: set columns.{name}.bounds to [lo, hi] "
-        "(DP discovery of bounds needs a discovery budget, which this job does not have)"
+        f"column '{name}' has no public bounds: set columns.{name}.bounds to [lo, hi], or set "
+        "privacy.discovery_fraction (e.g. 0.1) to discover them with DP"
     )
 
 
@@ -338,12 +359,19 @@ def datetime_edges(name: str, spec: DatetimeColumn) -> list[int]:
     return edges.tolist()
 
 
-def build_table_domain(specs: dict[str, ColumnSpec], schema: pa.Schema) -> TableDomain:
-    """Build the domain of every spec column from the spec and the source's schema; unknown columns are errors."""
+def check_columns(specs: dict[str, ColumnSpec], schema: pa.Schema) -> None:
+    """Every spec column exists in the source and its kind fits the column's type."""
     missing = [n for n in specs if n not in schema.names]
     if missing:
         raise SpecError(
             f"column(s) {missing} are in the spec but not in the source; the source has {schema.names}. "
             "Fix the names under columns or the source uri"
         )
+    for n, s in specs.items():
+        check_column_kind(n, s, schema.field(n).type)
+
+
+def build_table_domain(specs: dict[str, ColumnSpec], schema: pa.Schema) -> TableDomain:
+    """Build the domain of every spec column from the spec and the source's schema; unknown columns are errors."""
+    check_columns(specs, schema)
     return TableDomain(tuple(build_column_domain(n, s, schema.field(n).type) for n, s in specs.items()))

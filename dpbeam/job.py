@@ -7,13 +7,15 @@ the privacy-unit column, and that neither output location already holds data. On
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dpbeam import lake
 from dpbeam.aggregate import Aggregation, MarginalCounts
 from dpbeam.bounding import BoundingKey
-from dpbeam.domain import TableDomain, build_table_domain
+from dpbeam.discovery import STAGE, DiscoveryStats, DiscoveryTask, RowsPerUnit, choose_k, select_bounds, select_values
+from dpbeam.domain import TableDomain, build_table_domain, check_column_kind, check_columns, is_open
 from dpbeam.errors import SpecError
 from dpbeam.measurements import MeasurementsArtifact
 from dpbeam.privacy.accountant import ZCDPAccountant
@@ -26,6 +28,7 @@ from dpbeam.spec import JobSpec
 from dpbeam.versions import library_versions
 
 ENGINES = ("local", "beam", "spark")
+UNBOUNDED = 1 << 62  # "k" for passes that must see every row of a unit
 
 
 def engine_module(name: str):
@@ -43,14 +46,23 @@ def engine_module(name: str):
 
 @dataclass
 class JobPlan:
+    """Everything decided before budget is spent. ``domain`` and ``k`` are None while DP discovery still has to
+    fill them in (see :func:`discover`)."""
+
     spec: JobSpec
     source: Source
-    domain: TableDomain
     accountant: ZCDPAccountant
+    domain: TableDomain | None
+    k: int | None
+    tasks: list[DiscoveryTask] = field(default_factory=list)
 
     @property
     def unit_column(self) -> str | None:
         return self.spec.privacy.unit_column
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.spec.columns)
 
 
 def plan_job(spec: JobSpec, check_outputs: bool = True, engine: str = "local", **options: Any) -> JobPlan:
@@ -66,26 +78,95 @@ def plan_job(spec: JobSpec, check_outputs: bool = True, engine: str = "local", *
         raise SpecError(
             f"privacy unit column '{unit}' is not in the source (it has {source.schema.names}); fix privacy.unit.column"
         )
-    domain = build_table_domain(dict(spec.columns), source.schema)
-    source.check(domain.names + ([unit] if unit else []))
+    specs = dict(spec.columns)
+    check_columns(specs, source.schema)
+    tasks = [DiscoveryTask(n, s.kind) for n, s in specs.items() if is_open(s)]
+    discovery = spec.privacy.discovery_fraction
+    if tasks and discovery is None:
+        build_table_domain(specs, source.schema)  # raises the error that names the first open column
+    domain = None if tasks else build_table_domain(specs, source.schema)
+    source.check(list(specs) + ([unit] if unit else []))
     if check_outputs:
         lake.check_output_free(spec.output.uri, spec.output.overwrite, "output.uri")
         lake.check_output_free(spec.output.resolved_measurements_uri, spec.output.overwrite, "output.measurements_uri")
     syn = spec.synthesizer
-    budget = mst_plan(len(domain.columns), syn.budget_split, refine=syn.method == "mst-refined")
-    accountant = ZCDPAccountant(spec.privacy.epsilon, spec.privacy.delta, budget)
-    return JobPlan(spec, source, domain, accountant)
+    budget = mst_plan(len(specs), syn.budget_split, refine=syn.method == "mst-refined")
+    k_auto = spec.privacy.max_rows_per_unit == "auto"
+    if tasks or k_auto:
+        budget = {"discovery": discovery, **{s: f * (1 - discovery) for s, f in budget.items()}}
+    # Gaussian thresholding is approximate zCDP: half of delta is set aside for it when values are discovered.
+    reserved = spec.privacy.delta / 2 if any(t.kind == "categorical" for t in tasks) else 0.0
+    accountant = ZCDPAccountant(spec.privacy.epsilon, spec.privacy.delta, budget, delta_reserved=reserved)
+    return JobPlan(spec, source, accountant, domain, None if k_auto else spec.privacy.k, tasks)
 
 
 def run_aggregation(
-    plan: JobPlan, aggregation: Aggregation, engine: str, key: BoundingKey, reporter: Reporter, **options: Any
+    plan: JobPlan,
+    aggregation: Aggregation,
+    engine: str,
+    key: BoundingKey,
+    reporter: Reporter,
+    k: int | None = None,
+    what: str = "counting",
+    **options: Any,
 ):
     """Run one bounded aggregation on the chosen engine (see :mod:`dpbeam.aggregate`)."""
     module = engine_module(engine)
-    with reporter.stage(f"reading, bounding and counting ({engine} engine)") as advance:
+    with reporter.stage(f"reading, bounding and {what} ({engine} engine)") as advance:
         return module.run_aggregation(
-            plan.source, aggregation, plan.unit_column, plan.spec.privacy.k, key, advance=advance, **options
+            plan.source, aggregation, plan.unit_column, k if k is not None else plan.k, key, advance=advance,
+            **options,
         )
+
+
+def discover(plan: JobPlan, engine: str, key: BoundingKey, reporter: Reporter, **options: Any) -> JobPlan:
+    """Fill in k and open column domains with DP (the ``discovery`` stage); a no-op when the spec gave them all."""
+    if plan.domain is not None and plan.k is not None:
+        return plan
+    acc = plan.accountant
+    shares = len(plan.tasks) + (plan.k is None)
+    rho = acc.allotted(STAGE) / shares
+    k = plan.k
+    if k is None:
+        counts = run_aggregation(plan, RowsPerUnit(), engine, key, reporter, k=UNBOUNDED, what="counting rows per unit",
+                                 **options)
+        k = choose_k(counts, plan.spec.privacy.k_quantile, acc, rho)
+        reporter.say(f"DP contribution bound: k = {k}")
+    specs = dict(plan.spec.columns)
+    if plan.tasks:
+        stats = run_aggregation(plan, DiscoveryStats(plan.tasks), engine, key, reporter, k=k,
+                                what="discovering domains", **options)
+        n_cat = sum(t.kind == "categorical" for t in plan.tasks)
+        for t in plan.tasks:
+            s = specs[t.column]
+            if t.kind == "categorical":
+                value_type = check_column_kind(t.column, s, plan.source.schema.field(t.column).type)
+                values = select_values(stats[t.column], value_type, k, acc, rho, acc.delta_reserved / n_cat, t.column)
+                specs[t.column] = s.model_copy(update={"values": values})
+                reporter.say(f"DP domain of {t.column}: {len(values)} values")
+            else:
+                lo, hi = select_bounds(stats[t.column], t.kind, k, acc, rho, t.column)
+                specs[t.column] = s.model_copy(update={"bounds": _bounds(t.kind, lo, hi)})
+                reporter.say(f"DP bounds of {t.column}: {specs[t.column].bounds}")
+    domain = TableDomain(tuple(_discovered_domain(n, s, plan.source.schema) for n, s in specs.items()))
+    return replace(plan, domain=domain, k=k)
+
+
+def _bounds(kind: str, lo: float, hi: float) -> tuple:
+    if kind == "integer":
+        return (math.floor(lo), math.ceil(hi))
+    if kind == "datetime":
+        return tuple(_dt.datetime.fromtimestamp(x / 1e6, _dt.timezone.utc) for x in (lo, hi))
+    return (lo, hi)
+
+
+def _discovered_domain(name: str, spec: Any, schema) -> Any:
+    from dpbeam.domain import CategoricalDomain, arrow_type_to_str, build_column_domain
+
+    if getattr(spec, "kind", None) == "categorical" and spec.values == []:
+        t = check_column_kind(name, spec, schema.field(name).type)
+        return CategoricalDomain(name, arrow_type_to_str(t), spec.nullable, values=(), other_label=spec.other_label)
+    return build_column_domain(name, spec, schema.field(name).type)
 
 
 def privacy_record(plan: JobPlan) -> dict[str, Any]:
@@ -97,7 +178,9 @@ def privacy_record(plan: JobPlan) -> dict[str, Any]:
             "add or remove one row" if p.unit_column is None
             else f"add or remove one privacy unit (all rows sharing one value of {p.unit_column})"
         ),
-        "max_rows_per_unit": p.k,
+        "max_rows_per_unit": plan.k,
+        "max_rows_per_unit_chosen_by_dp": p.max_rows_per_unit == "auto",
+        "discovered_columns": [t.column for t in plan.tasks],
         **plan.accountant.record(),
         **({"noise_disabled_for_tests": True} if noise_is_off() else {}),
     }
@@ -110,11 +193,14 @@ def measure(
     reporter: Reporter | None = None,
     **options: Any,
 ) -> MeasurementsArtifact:
-    """The trusted pass: bound, count, and run MST. Returns the artifact; exact counts are dropped here."""
+    """The trusted pass: DP discovery (if the spec leaves k or domains open), then bound, count, and run MST (and its
+    refinement). Returns the artifact; exact counts are dropped here."""
     reporter = reporter or Reporter()
+    key = key or BoundingKey.fresh()
+    plan = discover(plan, engine, key, reporter, **options)
     counts = MarginalCounts(plan.domain, required_cliques(plan.domain.names))
-    cubes = run_aggregation(plan, counts, engine, key or BoundingKey.fresh(), reporter, **options)
-    k, syn = plan.spec.privacy.k, plan.spec.synthesizer
+    cubes = run_aggregation(plan, counts, engine, key, reporter, **options)
+    k, syn = plan.k, plan.spec.synthesizer
     result = run_mst(cubes, plan.domain, k, plan.accountant, reporter.say)
     if "refine" in plan.accountant.plan:
         result = run_refinement(

@@ -123,6 +123,9 @@ class DatetimeColumn(_Model):
             raise ValueError("bounds must satisfy start < end")
         if self.granularity is not None and self.bins is not None:
             raise ValueError("give either granularity or bins, not both")
+        if self.bounds is None and self.granularity is not None:
+            raise ValueError("bounds left to DP discovery are binned by bins (default 32), not granularity: "
+                             "remove granularity or give bounds")
         if self.bins is not None and self.bins < 1:
             raise ValueError("bins must be >= 1")
         return self
@@ -194,7 +197,13 @@ class PrivacySpec(_Model):
     unit: Union[Literal["row"], UnitColumn] = "row"
     epsilon: float
     delta: float
-    max_rows_per_unit: int = 1
+    max_rows_per_unit: Union[int, Literal["auto"]] = 1
+    k_quantile: float = Field(default=0.9, gt=0, lt=1, description="With max_rows_per_unit: auto, k is this DP quantile "
+                              "of rows per unit.")
+    discovery_fraction: float | None = Field(
+        default=None, gt=0, lt=1,
+        description="Fraction of rho for DP discovery of k, categorical values and numeric bounds the spec leaves open.",
+    )
     expected_units: int | None = Field(
         default=None, description="Public lower estimate of the number of units; when given, delta must be < 1/it."
     )
@@ -215,15 +224,18 @@ class PrivacySpec(_Model):
 
     @field_validator("max_rows_per_unit")
     @classmethod
-    def _k(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"max_rows_per_unit must be >= 1; got {v}")
+    def _k(cls, v: int | str) -> int | str:
+        if v != "auto" and v < 1:
+            raise ValueError(f"max_rows_per_unit must be >= 1 (or auto); got {v}")
         return v
 
     @model_validator(mode="after")
     def _consistent(self) -> "PrivacySpec":
         if self.unit == "row" and self.max_rows_per_unit != 1:
             raise ValueError("with unit: row every row is its own unit, so max_rows_per_unit must be 1 (or omitted)")
+        if self.max_rows_per_unit == "auto" and self.discovery_fraction is None:
+            raise ValueError("max_rows_per_unit: auto needs a discovery budget: set privacy.discovery_fraction "
+                             "(e.g. 0.1), or give max_rows_per_unit as a number")
         if self.expected_units is not None and self.delta >= 1.0 / self.expected_units:
             raise ValueError(
                 f"delta {self.delta:g} >= 1/expected_units = {1.0 / self.expected_units:g}: such a delta allows "
@@ -237,6 +249,9 @@ class PrivacySpec(_Model):
 
     @property
     def k(self) -> int:
+        """The contribution bound; for ``auto`` it is only known after discovery (see JobPlan.k)."""
+        if self.max_rows_per_unit == "auto":
+            raise ValueError("max_rows_per_unit is auto: k is chosen with DP during the run")
         return self.max_rows_per_unit
 
 

@@ -69,14 +69,21 @@ class ZCDPAccountant:
     """Holds a total rho, a plan that splits it across named stages, and every charge made against it.
 
     A charge that would overspend its stage raises :class:`BudgetError` before any noise is drawn.
+
+    Approximate zCDP. Mechanisms such as thresholded partition selection are (rho_i, delta_i)-approximate zCDP: with
+    ``delta_reserved`` > 0 the accountant sets aside that much of delta for them and converts rho with the rest.
+    Composition adds rhos and adds deltas; the final statement is (epsilon_for(sum rho, delta - sum delta_i), delta).
     """
 
-    def __init__(self, epsilon: float, delta: float, plan: dict[str, float]):
+    def __init__(self, epsilon: float, delta: float, plan: dict[str, float], delta_reserved: float = 0.0):
         if not plan or any(f <= 0 for f in plan.values()) or abs(sum(plan.values()) - 1.0) > 1e-9:
             raise ValueError(f"a budget plan needs positive fractions that sum to 1; got {plan}")
+        if not 0 <= delta_reserved < delta:
+            raise ValueError("delta_reserved must be in [0, delta)")
         self.epsilon = epsilon
         self.delta = delta
-        self.rho = rho_for(epsilon, delta)
+        self.delta_reserved = delta_reserved
+        self.rho = rho_for(epsilon, delta - delta_reserved)
         self.plan = dict(plan)
         self.charges: list[Charge] = []
 
@@ -92,18 +99,24 @@ class ZCDPAccountant:
     def remaining(self, stage: str) -> float:
         return self.allotted(stage) - self.spent(stage)
 
-    def check(self, stage: str, rho: float) -> None:
+    def delta_spent(self) -> float:
+        return math.fsum(c.detail.get("delta", 0.0) for c in self.charges)
+
+    def check(self, stage: str, rho: float, delta: float = 0.0) -> None:
         """Refuse, before anything is released, a charge the stage cannot afford."""
-        if rho < 0:
+        if rho < 0 or delta < 0:
             raise ValueError("a charge cannot be negative")
         if self.spent(stage) + rho > self.allotted(stage) * (1 + _TOLERANCE):
             raise BudgetError(
                 f"stage {stage!r} would spend rho={self.spent(stage) + rho:.6g} but the plan allots "
                 f"{self.allotted(stage):.6g}"
             )
+        if self.delta_spent() + delta > self.delta_reserved * (1 + _TOLERANCE):
+            raise BudgetError(f"approximate-DP charges would spend delta={self.delta_spent() + delta:.3g} but "
+                              f"{self.delta_reserved:.3g} is reserved for them")
 
     def charge(self, stage: str, mechanism: str, rho: float, **detail: Any) -> Charge:
-        self.check(stage, rho)
+        self.check(stage, rho, detail.get("delta", 0.0))
         c = Charge(stage, mechanism, rho, detail)
         self.charges.append(c)
         return c
@@ -120,7 +133,9 @@ class ZCDPAccountant:
             "delta": self.delta,
             "rho": self.rho,
             "rho_spent": spent,
-            "epsilon_spent": epsilon_for(spent, self.delta),
+            "delta_reserved_for_thresholds": self.delta_reserved,
+            "delta_spent_by_thresholds": self.delta_spent(),
+            "epsilon_spent": epsilon_for(spent, self.delta - self.delta_spent()),
             "stages": stages,
             "charges": [c.to_json() for c in self.charges],
         }
