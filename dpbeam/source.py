@@ -1,6 +1,7 @@
 """Reading the sensitive source as a stream of Arrow record batches (trusted side only).
 
-A source is a Parquet file, a directory of Parquet files (Hive-style subdirectories included), a glob, or CSV, on any
+A source is a Parquet file, a directory of Parquet files (subdirectories included; Hive-style key=value directory
+names are not read as columns), a glob, or CSV, on any
 fsspec filesystem. Opening a source reads metadata only; it refuses, with the file named, a directory holding files
 that are not Parquet, files whose schemas disagree on a column the job reads, and a source with no rows.
 Files and directories whose names start with ``_`` or ``.`` (``_SUCCESS``, ``.crc``) are skipped, as Spark does.
@@ -111,8 +112,20 @@ class Source:
         return ds.dataset(self.files, format=fmt, filesystem=self._arrow_fs)
 
     def batches(self, columns: Sequence[str], batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
-        """Record batches of ``columns`` (each batch at most ``batch_rows`` rows), file after file."""
-        scanner = self.dataset(columns).scanner(columns=list(columns), batch_size=batch_rows, use_threads=True)
+        """Record batches of ``columns`` (each batch at most ``batch_rows`` rows), file after file.
+
+        Parquet is streamed a row group at a time, so memory is bounded by one row group, not by the file or table
+        (a dataset scanner with read-ahead held ~4x more on a 10M-row table)."""
+        if self.format == "parquet":
+            for path in self.files:
+                with self.fs.open(path, "rb") as f:
+                    for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=list(columns)):
+                        if batch.num_rows:
+                            yield batch
+            return
+        scanner = self.dataset(columns).scanner(
+            columns=list(columns), batch_size=batch_rows, use_threads=True, batch_readahead=2, fragment_readahead=1
+        )
         for batch in scanner.to_batches():
             if batch.num_rows:
                 yield batch
