@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -180,3 +181,59 @@ def test_relative_paths_resolve_against_spec_file(tmp_path, small_parquet):
     job = load_spec(spec)
     assert job.source.uri == small_parquet
     assert job.output.uri == str(tmp_path / "jobs" / "out" / "t")
+
+
+def _users_spec(source, tmp_path, **privacy):
+    return small_spec(source, str(tmp_path / "out"), unit={"column": "user_id"}, max_rows_per_unit=2, **privacy)
+
+
+def test_unit_column_all_null(tmp_path):
+    from conftest import small_table
+
+    t = small_table(200)
+    t = t.append_column("user_id", pa.nulls(200, pa.int64()))
+    pq.write_table(t, tmp_path / "t.parquet")
+    spec = _users_spec(str(tmp_path / "t.parquet"), tmp_path)
+    _expect(spec, SourceError, "privacy-unit column", "null")
+    _nothing_written(spec)
+
+
+def test_non_parquet_file_in_source_directory(tmp_path):
+    from conftest import small_table
+
+    d = tmp_path / "src"
+    d.mkdir()
+    pq.write_table(small_table(100), d / "a.parquet")
+    (d / "notes.txt").write_text("hello")
+    (d / "_SUCCESS").write_text("")  # marker files are skipped, as Spark does
+    spec = small_spec(str(d), str(tmp_path / "out"))
+    _expect(spec, SourceError, "notes.txt", "not Parquet")
+    (d / "notes.txt").unlink()
+    plan_job(parse_spec(spec))  # now fine
+
+
+def test_schema_differs_between_files(tmp_path):
+    from conftest import small_table
+
+    d = tmp_path / "src"
+    d.mkdir()
+    pq.write_table(small_table(100), d / "a.parquet")
+    other = small_table(100)
+    other = other.set_column(other.schema.get_field_index("age"), "age", other.column("age").cast(pa.float64()))
+    pq.write_table(other, d / "b.parquet")
+    _expect(small_spec(str(d), str(tmp_path / "out")), SourceError, "age", "b.parquet", "int64", "double")
+
+
+def test_a_unit_with_very_many_rows_is_bounded_not_refused(tmp_path):
+    from conftest import small_table
+
+    t = small_table(30_000)
+    users = np.where(np.arange(30_000) < 25_000, 0, np.arange(30_000))  # one unit holds 25,000 rows
+    pq.write_table(t.append_column("user_id", pa.array(users)), tmp_path / "t.parquet")
+    plan = plan_job(parse_spec(_users_spec(str(tmp_path / "t.parquet"), tmp_path)))
+    from dpbeam.aggregate import BoundedCodes
+    from dpbeam.bounding import BoundingKey
+    from transforms.local import run_aggregation
+
+    kept = run_aggregation(plan.source, BoundedCodes(plan.domain), "user_id", 2, BoundingKey.fresh())
+    assert len(kept) == 2 + 5_000  # the big unit keeps k = 2 rows; the 5,000 single-row units keep theirs
