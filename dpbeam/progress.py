@@ -28,7 +28,12 @@ class RichReporter(Reporter):
 
     @contextlib.contextmanager
     def stage(self, description: str, total: float | None = None) -> Iterator[Advance]:
-        columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+        if total is None:  # unknown length: a spinner, a running count and the time
+            columns = [SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed:,.0f}"),
+                       TimeElapsedColumn()]
+        else:
+            columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TimeElapsedColumn()]
         with Progress(*columns, console=self.console, transient=False) as bar:
             task = bar.add_task(description, total=total)
             yield lambda n=1: bar.advance(task, n)

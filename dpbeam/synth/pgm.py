@@ -142,10 +142,12 @@ class _NamedTable:
         return self._einsum(other, lambda x, y: np.divide(x, y, out=np.zeros_like(x), where=y != 0))
 
 
-def fit(artifact: MeasurementsArtifact, iters: int = 1000, seed: int = 0) -> PGMModel:
-    """Fit Private-PGM by mirror descent to every measurement in the artifact."""
+def fit(artifact: MeasurementsArtifact, iters: int = 1000, seed: int = 0, progress=None) -> PGMModel:
+    """Fit Private-PGM by mirror descent to every measurement in the artifact. ``progress(n)`` is called as
+    iterations complete (mbi reports every 50)."""
     domain = _mbi_domain(artifact)
+    callback = None if progress is None else (lambda _value: progress(estimation.CALLBACK_EVERY))
     model = estimation.MirrorDescent().estimate(
-        domain, _mbi_measurements(artifact), known_total=artifact.estimated_total(), iters=iters
+        domain, _mbi_measurements(artifact), known_total=artifact.estimated_total(), iters=iters, callback_fn=callback
     )
     return PGMModel(model, artifact.domain.names)
