@@ -90,3 +90,28 @@ def test_noiseless_measurements_identical_across_engines(engine, multi_file_sour
     bounded = _run("local", plan, MarginalCounts(plan.domain, list(one_way)), request)
     for c, m in one_way.items():
         np.testing.assert_array_equal(m.values, bounded[c])
+
+
+@pytest.mark.parametrize("engine", ["beam", "spark"])
+def test_discovery_statistics_agree_with_local(engine, multi_file_source, tmp_path, request):
+    """The discovery passes (rows per unit with no bounding; values and grid histograms after bounding) are
+    aggregations like any other: every engine must return the same exact statistics."""
+    from dpbeam.discovery import DiscoveryStats, DiscoveryTask, RowsPerUnit
+    from dpbeam.job import UNBOUNDED
+
+    plan = _plan(multi_file_source, tmp_path, unit={"column": "user_id"}, max_rows_per_unit=3)
+    module = engine_module(engine)
+    options = engine_options(engine, request)
+    rows = RowsPerUnit()
+    got = module.run_aggregation(plan.source, rows, "user_id", UNBOUNDED, KEY, **options)
+    np.testing.assert_array_equal(
+        got, engine_module("local").run_aggregation(plan.source, rows, "user_id", UNBOUNDED, KEY)
+    )
+    tasks = [DiscoveryTask("color", "categorical"), DiscoveryTask("age", "integer"), DiscoveryTask("day", "datetime"),
+             DiscoveryTask("score", "float")]
+    stats = DiscoveryStats(tasks)
+    got = module.run_aggregation(plan.source, stats, "user_id", 3, KEY, **options)
+    want = engine_module("local").run_aggregation(plan.source, stats, "user_id", 3, KEY)
+    assert got["color"] == want["color"]
+    for c in ("age", "day", "score"):
+        np.testing.assert_array_equal(got[c], want[c])
