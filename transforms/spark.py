@@ -1,0 +1,320 @@
+"""The Spark engine: dpbeam's kernels inside ``mapInArrow``, one shuffle by privacy unit, partials merged by treeReduce.
+
+Where things run. The driver only plans DataFrames and merges summaries; executors do all the row work, on Arrow
+record batches (no per-row Python):
+
+1. read the source (Parquet or CSV files, or a catalog table) and select the job's columns;
+2. ``mapInArrow``: conform each batch to the source's Arrow types, then ``prepare_with_units`` (encode, unit hashes);
+3. row-level jobs: ``aggregation.partial`` per batch, merged per task; unit-level jobs: ``repartition(P, __unit_h1)``
+   (every row of a unit lands in one partition), then a second ``mapInArrow`` that concatenates its partition,
+   calls ``bound_prepared`` (whole units, so the same rows as every other engine) and ``aggregation.partial``;
+4. each task emits its pickled summary as one binary row; ``treeReduce(aggregation.merge)`` combines them on the
+   executors, so only one summary reaches the driver and driver memory does not grow with rows.
+
+Spark has no unsigned integers, so unsigned columns of a prepared batch travel as the next wider signed type and
+uint64 columns (the unit hashes) as int64 by bit-view; both are undone before any kernel sees them, so the kernels get
+exactly the values the local engine gives them.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+from functools import cached_property
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+
+import numpy as np
+import pyarrow as pa
+from pyspark.accumulators import Accumulator
+from pyspark.errors import AnalysisException
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+
+from dpbeam.aggregate import UNIT_H1, Aggregation, bound_prepared, prepare_with_units
+from dpbeam.bounding import BoundingKey
+from dpbeam.errors import SourceError
+from dpbeam.source import Source
+
+S = TypeVar("S")
+Advance = Callable[[int], None]
+BatchFn = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
+PARTIAL_SCHEMA = "partial binary"
+
+# Spark-safe ("wire") types of the unsigned integer columns of a prepared batch; uint64 is bit-viewed as int64.
+_WIDER = {pa.uint8(): pa.int16(), pa.uint16(): pa.int32(), pa.uint32(): pa.int64(), pa.uint64(): pa.int64()}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Session and sources (driver)
+
+
+def spark_session(spark: SparkSession | None = None, master: str | None = None, **conf: Any) -> SparkSession:
+    """The given session; else the active one (when no ``conf`` is given); else ``getOrCreate`` on ``master``
+    (``local[2]`` by default, UI off, 8 shuffle partitions) with ``conf``, Spark settings such as
+    ``**{"spark.executor.memory": "2g"}``. Driver."""
+    if spark is not None:
+        return spark
+    active = SparkSession.getActiveSession()
+    if active is not None and not conf:
+        return active  # never override an existing session's settings with our defaults
+    master = master or "local[2]"
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    builder = SparkSession.builder.master(master).appName("dpbeam")
+    settings = {"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "8", **conf}
+    for name, value in settings.items():
+        builder = builder.config(name, str(value))
+    return builder.getOrCreate()
+
+
+class CatalogSource:
+    """A Spark catalog table (or view) as a source: its Arrow schema, the same checks as a file source, its rows."""
+
+    def __init__(self, table: str, spark: SparkSession):
+        self.table = table
+        self.spark = spark
+        try:
+            self._spark_schema = spark.table(table).schema
+        except AnalysisException as err:
+            message = f"catalog table {table!r} cannot be read: {err.getMessage()}; check source.table"
+            raise SourceError(message) from None
+
+    @cached_property
+    def schema(self) -> pa.Schema:
+        """The table's schema as Arrow (timestamps with a time zone in UTC). Driver."""
+        return to_arrow_schema(self._spark_schema, timezone="UTC")
+
+    def check(self, columns: Sequence[str]) -> None:
+        """Refuse a missing column or an empty table, naming them. Runs one tiny Spark job (``LIMIT 1``)."""
+        missing = [c for c in columns if c not in self.schema.names]
+        if missing:
+            raise SourceError(
+                f"catalog table {self.table!r} has no column(s) {missing} (it has {self.schema.names}); fix the spec's "
+                "columns or source.table"
+            )
+        if self.dataframe(self.spark).isEmpty():
+            raise SourceError(f"catalog table {self.table!r} has no rows; a synthetic table needs a non-empty source")
+
+    def dataframe(self, spark: SparkSession) -> DataFrame:
+        return spark.table(self.table)
+
+
+def catalog_source(
+    table: str, spark: SparkSession | None = None, master: str | None = None, partitions: int | None = None, **conf: Any
+) -> CatalogSource:
+    """A source for ``spark.table(table)``. Takes the same options as :func:`run_aggregation` (``partitions`` is
+    accepted and ignored here), so a job can pass its engine options to both. Driver."""
+    return CatalogSource(table, spark_session(spark, master, **conf))
+
+
+def read_csv(spark: SparkSession, uris: list[str], schema: pa.Schema) -> DataFrame:
+    """CSV files read as the local engine (pyarrow) reads them: the source's Arrow schema, header names checked, a
+    malformed value an error (never a silent null), and strings never null (pyarrow reads an empty field as "").
+    "NaN" in a float column is an error here (pyarrow reads it as null, Spark as NaN): refuse rather than diverge."""
+    reader = spark.read.schema(from_arrow_schema(schema))
+    df = reader.options(header=True, enforceSchema=False, mode="FAILFAST", nanValue="\u0000").csv(uris)
+    # df: one row per CSV record, the source's columns; empty fields null
+    strings = df.fillna("")
+    # strings: the same rows; empty string fields "" again, as pyarrow gives them
+    return strings
+
+
+def read_source(source: Source | CatalogSource, spark: SparkSession, columns: Sequence[str]) -> DataFrame:
+    """``columns`` of the source as a DataFrame (Parquet or CSV files, or a catalog table). Driver plans it."""
+    if isinstance(source, CatalogSource):
+        df = source.dataframe(spark)
+    else:
+        uris = [source.fs.unstrip_protocol(f) for f in source.files]
+        if source.format == "csv":
+            df = read_csv(spark, uris, source.schema)
+        else:
+            df = spark.read.parquet(*uris)
+    # df: one row per source row, all source columns
+    selected = df.select(*columns)
+    # selected: one row per source row, the job's columns (+ the unit column)
+    return selected
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Arrow helpers (executors)
+
+
+def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """``batch`` with the source's Arrow types (Spark may widen unsigned ints, change time zones or string kinds)."""
+    arrays = [batch.column(f.name) for f in schema]
+    arrays = [a if a.type == f.type else a.cast(f.type) for a, f in zip(arrays, schema)]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def wire_type(t: pa.DataType) -> pa.DataType:
+    return _WIDER.get(t, t)
+
+
+def to_wire(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A prepared batch with Spark-safe types: uint64 bit-viewed as int64, smaller unsigned ints widened."""
+    arrays = [
+        pa.array(a.to_numpy().view(np.int64)) if a.type == pa.uint64() else a.cast(wire_type(a.type))
+        for a in batch.columns
+    ]
+    return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
+
+
+def from_wire(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """The inverse of :func:`to_wire`: the prepared batch exactly as ``prepare_with_units`` made it."""
+    arrays = [
+        pa.array(a.to_numpy().view(np.uint64)) if f.type == pa.uint64() else a.cast(f.type)
+        for a, f in zip(batch.columns, schema)
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def pickled(summary: object) -> pa.RecordBatch:
+    """A summary as one binary row (the output of every summarizing task)."""
+    return pa.RecordBatch.from_arrays([pa.array([pickle.dumps(summary)], type=pa.binary())], names=["partial"])
+
+
+def empty_batch(schema: pa.Schema) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays([pa.array([], type=f.type) for f in schema], schema=schema)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Functions run by mapInArrow (built on the driver, pickled, run on executors)
+
+
+def prepare_fn(
+    aggregation: Aggregation, schema: pa.Schema, unit_column: str | None, key: BoundingKey, rows: Accumulator[int]
+) -> BatchFn:
+    """Executors: source batch -> prepared batch in wire types (codes + unit hashes). ``rows``: a row accumulator."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            rows.add(batch.num_rows)
+            yield to_wire(prepare_with_units(aggregation, conform(batch, schema), unit_column, key))
+
+    return run
+
+
+def summarize_rows_fn(
+    aggregation: Aggregation, schema: pa.Schema, key: BoundingKey, rows: Accumulator[int]
+) -> BatchFn:
+    """Executors, row-level jobs: the merged partial of every batch of the task, as one pickled row."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        summary = aggregation.zero()
+        for batch in batches:
+            rows.add(batch.num_rows)
+            prepared = prepare_with_units(aggregation, conform(batch, schema), None, key)
+            summary = aggregation.merge(summary, aggregation.partial(prepared))
+        yield pickled(summary)
+
+    return run
+
+
+def bound_units_fn(aggregation: Aggregation, prepared_schema: pa.Schema, k: int, key: BoundingKey) -> BatchFn:
+    """Executors, unit-level jobs: bound the whole units of one shuffle partition, emit their partial pickled.
+    Holds the partition's prepared rows (codes + 16 bytes of unit hash a row) in memory; raise ``partitions`` if
+    a partition is too large."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        parts = [from_wire(b, prepared_schema) for b in batches if b.num_rows]
+        if not parts:
+            yield pickled(aggregation.zero())
+            return
+        whole = pa.Table.from_batches(parts, schema=prepared_schema).combine_chunks().to_batches()[0]
+        yield pickled(aggregation.partial(bound_prepared(aggregation, whole, k, key)))
+
+    return run
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The engine entry point (driver)
+
+
+def prepared_schema_of(
+    aggregation: Aggregation, schema: pa.Schema, unit_column: str | None, key: BoundingKey
+) -> pa.Schema:
+    """The Arrow schema of prepared batches, from preparing an empty batch. Driver."""
+    return prepare_with_units(aggregation, empty_batch(schema), unit_column, key).schema
+
+
+def merge_partials(partials: DataFrame, aggregation: Aggregation[S]) -> S:
+    """Unpickle the one-row partials and merge them with ``treeReduce`` (executors, then the driver)."""
+    rdd = partials.rdd.map(lambda row: pickle.loads(row[0]))
+    if rdd.getNumPartitions() == 0:
+        return aggregation.zero()
+    return rdd.treeReduce(aggregation.merge)
+
+
+def row_partials(
+    df: DataFrame, aggregation: Aggregation, schema: pa.Schema, key: BoundingKey, rows: Accumulator[int]
+) -> DataFrame:
+    """Row-level jobs: one summary per input partition, no shuffle. Driver plans; executors run."""
+    partials = df.mapInArrow(summarize_rows_fn(aggregation, schema, key, rows), PARTIAL_SCHEMA)
+    # partials: one row per input partition; partial (pickled summary)
+    return partials
+
+
+def unit_partials(
+    df: DataFrame,
+    aggregation: Aggregation,
+    schema: pa.Schema,
+    unit_column: str,
+    k: int,
+    key: BoundingKey,
+    rows: Accumulator[int],
+    partitions: int,
+) -> DataFrame:
+    """Unit-level jobs: prepare, one shuffle by unit hash, bound whole units, one summary per shuffle partition.
+    Driver plans; executors run."""
+    prepared_schema = prepared_schema_of(aggregation, schema, unit_column, key)
+    wire = from_arrow_schema(pa.schema([pa.field(f.name, wire_type(f.type)) for f in prepared_schema]))
+    prepared = df.mapInArrow(prepare_fn(aggregation, schema, unit_column, key, rows), wire)
+    # prepared: one row per source row; code columns (smallint/int), __unit_h1, __unit_h2 (bigint bit-views)
+    by_unit = prepared.repartition(partitions, UNIT_H1)
+    # by_unit: the same rows in `partitions` partitions, every row of a unit in one (AQE may only merge partitions)
+    partials = by_unit.mapInArrow(bound_units_fn(aggregation, prepared_schema, k, key), PARTIAL_SCHEMA)
+    # partials: one row per shuffle partition; partial (pickled summary of its bounded units)
+    return partials
+
+
+def run_aggregation(
+    source: Source | CatalogSource,
+    aggregation: Aggregation[S],
+    unit_column: str | None,
+    k: int,
+    key: BoundingKey,
+    advance: Advance | None = None,
+    spark: SparkSession | None = None,
+    master: str = "local[2]",
+    partitions: int | None = None,
+    **conf: Any,
+) -> S:
+    """The merged summary of ``aggregation`` over the bounded source table, computed by Spark.
+
+    ``spark``: the session to use (else a catalog source's session, the active one, or a new one on ``master`` with
+    ``conf``, see :func:`spark_session`). ``partitions``: shuffle partitions of unit-level jobs (default
+    ``spark.sql.shuffle.partitions``). ``advance`` is called once, with the number of rows read.
+    Driver: plans the DataFrames, then merges the task summaries (treeReduce)."""
+    if spark is None and isinstance(source, CatalogSource):
+        spark = source.spark
+    spark = spark_session(spark, master, **conf)
+    columns = aggregation.columns + ([unit_column] if unit_column else [])
+    schema = pa.schema([source.schema.field(c) for c in columns])
+    rows = spark.sparkContext.accumulator(0)
+    df = read_source(source, spark, columns)
+    # df: one row per source row; the job's columns (+ the unit column)
+    if unit_column is None:
+        partials = row_partials(df, aggregation, schema, key, rows)
+    else:
+        partitions = partitions or int(spark.conf.get("spark.sql.shuffle.partitions"))
+        partials = unit_partials(df, aggregation, schema, unit_column, k, key, rows, partitions)
+    # partials: one row per task; partial (a pickled summary)
+    summary = merge_partials(partials, aggregation)
+    if advance:
+        advance(rows.value)
+    return summary
+
+
+__all__ = ["CatalogSource", "catalog_source", "read_source", "run_aggregation", "spark_session"]
