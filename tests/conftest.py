@@ -67,7 +67,7 @@ def users_parquet(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def spark():
+def spark(tmp_path_factory):
     """One local[2] Spark session for the whole test session (start-up costs 5-10 s)."""
     import sys
 
@@ -81,6 +81,8 @@ def spark():
         SparkSession.builder.master("local[2]")
         .appName("dpbeam-tests")
         .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.warehouse.dir", str(tmp_path_factory.mktemp("warehouse")))
         .config("spark.sql.shuffle.partitions", "4")
         .config("spark.default.parallelism", "4")
         .config("spark.driver.memory", "2g")
