@@ -16,9 +16,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import adult, engines  # noqa: E402
+from benchmarks import torch_engine  # noqa: E402
 from dpbeam.versions import library_versions  # noqa: E402
 
-SUITE = {"adult": adult, "engines": engines}
+SUITE = {"adult": adult, "engines": engines, "torch_engine": torch_engine}
 
 
 def machine() -> dict:

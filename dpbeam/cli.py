@@ -120,7 +120,11 @@ def synthesize(
     out: str = typer.Option(..., help="Where to write the synthetic table."),
     rows: Optional[int] = typer.Option(None, help="Rows to generate (default: the DP estimate of the source's)."),
     seed: int = typer.Option(0, help="Seed for sampling (not for privacy noise)."),
-    engine: str = typer.Option("auto", help="Synthesis engine: auto or pgm."),
+    engine: str = typer.Option(
+        "auto",
+        help="Synthesis engine: pgm (Private-PGM), torch (relaxed projection; GPU when available) or auto (pgm while "
+        "its junction tree is small, torch otherwise).",
+    ),
     iters: int = typer.Option(1000, help="Optimization iterations."),
     overwrite: bool = typer.Option(False, help="Replace an existing table."),
 ) -> None:

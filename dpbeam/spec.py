@@ -263,7 +263,7 @@ class SynthesizerSpec(_Model):
     keeping the model's largest junction-tree clique within ``max_model_cells``."""
 
     method: Literal["mst", "mst-refined"] = "mst-refined"
-    engine: Literal["auto", "pgm"] = "auto"
+    engine: Literal["auto", "pgm", "torch"] = "auto"
     iters: int = Field(default=1000, ge=1)
     budget_split: dict[str, float] | None = Field(
         default=None,

@@ -1,13 +1,15 @@
 """Post-processing entry point: measurements artifact -> fitted model -> synthetic Parquet table.
 
-Engines: ``pgm`` (Private-PGM via mbi: exact inference on the junction tree of the measured cliques). ``auto`` picks
-``pgm`` while its largest junction-tree clique fits in memory.
+Engines: ``pgm`` (Private-PGM via mbi: exact inference on the junction tree of the measured cliques) and ``torch``
+(relaxed projection, :mod:`dpbeam.synth.torch_engine`: any number of measured cliques, on a GPU when there is one).
+``auto`` picks ``pgm`` while its largest junction-tree clique fits in memory, ``torch`` otherwise. torch is imported
+only when its engine runs.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 from dpbeam.errors import SpecError
 from dpbeam.measurements import MeasurementsArtifact
@@ -19,24 +21,53 @@ PGM_MAX_CELLS = 1 << 25
 
 
 def choose_engine(artifact: MeasurementsArtifact, requested: str = "auto") -> str:
+    if requested not in ("auto", "pgm", "torch"):
+        raise SpecError(f"synthesizer.engine {requested!r} is not available; use auto, pgm or torch")
+    if requested == "torch":
+        return "torch"
     from dpbeam.synth import pgm
 
-    if requested not in ("auto", "pgm"):
-        raise SpecError(f"synthesizer.engine {requested!r} is not available; use auto or pgm")
     cells = pgm.junction_tree_cells(artifact)
-    if cells > PGM_MAX_CELLS:
+    if cells <= PGM_MAX_CELLS:
+        return "pgm"
+    if requested == "pgm":
         raise SpecError(
             f"the measured cliques need a junction-tree clique of {cells:,} cells, beyond Private-PGM's limit of "
-            f"{PGM_MAX_CELLS:,}; measure fewer or smaller marginals (coarser bins)"
+            f"{PGM_MAX_CELLS:,}; use engine torch (or auto), or measure fewer or smaller marginals (coarser bins)"
         )
-    return "pgm"
+    return "torch"
 
 
-def fit_model(artifact: MeasurementsArtifact, engine: str = "auto", iters: int = 1000, seed: int = 0) -> FittedModel:
+def _torch_engine():
+    try:
+        from dpbeam.synth import torch_engine
+    except ImportError as err:
+        raise SpecError(f"the torch synthesis engine needs torch: pip install 'dpbeam[torch]' ({err})") from None
+    return torch_engine
+
+
+def fit_model(
+    artifact: MeasurementsArtifact,
+    engine: str = "auto",
+    iters: int = 1000,
+    seed: int = 0,
+    progress: Callable[[int, float], None] | None = None,
+) -> FittedModel:
+    """Fit the chosen engine; ``progress(step, loss)`` reports the torch engine's steps (at most ``iters``)."""
+    if choose_engine(artifact, engine) == "torch":
+        return _torch_engine().fit(artifact, steps=iters, seed=seed, progress=progress, report_every=10)
     from dpbeam.synth import pgm
 
-    choose_engine(artifact, engine)
     return pgm.fit(artifact, iters=iters, seed=seed)
+
+
+def _device(model: FittedModel) -> str:
+    device = getattr(model, "device", None)
+    if device is None:  # Private-PGM runs on JAX's default backend
+        import jax
+
+        device = jax.default_backend()
+    return str(device)
 
 
 def synthesize(
@@ -58,9 +89,19 @@ def synthesize(
     lake.check_output_free(out_uri, overwrite)
     name = choose_engine(artifact, engine)
     t0 = time.perf_counter()
-    with reporter.stage(f"fitting {name} model ({iters} iterations)", total=None):
-        model = fit_model(artifact, name, iters=iters, seed=seed)
+    total = iters if name == "torch" else None
+    with reporter.stage(f"fitting {name} model ({iters} iterations)", total=total) as advance:
+        done = [0]
+
+        def progress(step: int, _loss: float) -> None:
+            advance(step - done[0])
+            done[0] = step
+
+        model = fit_model(artifact, name, iters=iters, seed=seed, progress=progress)
     fit_s = time.perf_counter() - t0
     n = rows if rows is not None else int(round(artifact.estimated_total()))
-    info = {"engine": model.engine, "iters": iters, "fit_seconds": round(fit_s, 3)}
+    info = {"engine": model.engine, "device": _device(model), "iters": iters, "fit_seconds": round(fit_s, 3)}
+    if name == "torch":
+        info.update(relaxed_rows=model.rows, steps=model.steps,
+                    loss_per_entry=round(model.loss / model.measured_entries, 4))
     return write_synthetic_table(model, artifact, out_uri, n, seed, info, overwrite=overwrite, reporter=reporter)
