@@ -53,12 +53,19 @@ def fit_model(
     seed: int = 0,
     progress: Callable[[int, float], None] | None = None,
 ) -> FittedModel:
-    """Fit the chosen engine; ``progress(step, loss)`` reports the torch engine's steps (at most ``iters``)."""
+    """Fit the chosen engine; ``progress(step, loss)`` reports steps done (at most ``iters``; Private-PGM reports no
+    loss, so it passes nan)."""
     if choose_engine(artifact, engine) == "torch":
         return _torch_engine().fit(artifact, steps=iters, seed=seed, progress=progress, report_every=10)
     from dpbeam.synth import pgm
 
-    return pgm.fit(artifact, iters=iters, seed=seed)
+    done = [0]
+
+    def pgm_progress(n: int) -> None:
+        done[0] += n
+        progress(min(done[0], iters), float("nan"))
+
+    return pgm.fit(artifact, iters=iters, seed=seed, progress=pgm_progress if progress else None)
 
 
 def _device(model: FittedModel) -> str:
@@ -89,8 +96,7 @@ def synthesize(
     lake.check_output_free(out_uri, overwrite)
     name = choose_engine(artifact, engine)
     t0 = time.perf_counter()
-    total = iters if name == "torch" else None
-    with reporter.stage(f"fitting {name} model ({iters} iterations)", total=total) as advance:
+    with reporter.stage(f"fitting {name} model (up to {iters} iterations)", total=iters) as advance:
         done = [0]
 
         def progress(step: int, _loss: float) -> None:
