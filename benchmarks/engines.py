@@ -35,10 +35,52 @@ def table(rows: int) -> Path:
     return spec
 
 
-def _peak_mb() -> tuple[float, float]:
+class ChildMemory:
+    """Samples the summed RSS of this process's descendants (Spark's JVM and its Python workers, Beam's worker
+    processes) every 0.2 s from /proc, and keeps the peak; RUSAGE_CHILDREN misses children still running."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _descendants(pid: int) -> list[int]:
+        out, todo = [], [pid]
+        while todo:
+            p = todo.pop()
+            try:
+                with open(f"/proc/{p}/task/{p}/children") as f:
+                    kids = [int(x) for x in f.read().split()]
+            except OSError:
+                kids = []
+            out += kids
+            todo += kids
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            total = 0
+            for p in self._descendants(os.getpid()):
+                try:
+                    with open(f"/proc/{p}/statm") as f:
+                        total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+                except OSError:
+                    pass
+            self.peak_mb = max(self.peak_mb, total / 2**20)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_mb
+
+
+def _peak_mb(children: ChildMemory) -> tuple[float, float]:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return own, child
+    return own, children.stop()
 
 
 def _options(engine: str) -> dict:
@@ -53,6 +95,7 @@ def _options(engine: str) -> dict:
             SparkSession.builder.master("local[2]").appName("dpbeam-bench")
             .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
             .config("spark.sql.shuffle.partitions", "8")
+            .config("spark.sql.execution.arrow.maxRecordsPerBatch", os.environ.get("BATCH", "10000"))
             .config("spark.driver.memory", "2g").getOrCreate()
         )
         return {"spark": spark}
@@ -67,6 +110,7 @@ def worker(engine: str, spec_path: str) -> dict:
     from dpbeam.marginals import all_cliques
     from dpbeam.spec import load_spec
 
+    children = ChildMemory()
     plan = plan_job(load_spec(spec_path), check_outputs=False, engine=engine)
     rows = plan.source.num_rows_upper_bound()
     cliques = all_cliques(plan.domain.names, 1) + all_cliques(plan.domain.names, 2)
@@ -77,7 +121,7 @@ def worker(engine: str, spec_path: str) -> dict:
     )
     wall = time.perf_counter() - t0
     kept = int(cubes[cliques[0]].sum())
-    own, child = _peak_mb()
+    own, child = _peak_mb(children)
     return {"engine": engine, "rows": rows, "kept_rows": kept, "cubes": len(cubes), "wall_s": wall,
             "rows_per_s": rows / wall, "peak_rss_mb": own, "peak_child_rss_mb": child}
 
@@ -92,6 +136,7 @@ def pipelinedp_worker(backend: str, spec_path: str, rows: int) -> dict:
     from dpbeam.job import plan_job
     from dpbeam.spec import load_spec
 
+    children = ChildMemory()
     plan = plan_job(load_spec(spec_path), check_outputs=False)
     names = plan.domain.names
     table = pq.read_table(plan.source.files[0], columns=["user_id"] + names).slice(0, rows)
@@ -144,7 +189,7 @@ def pipelinedp_worker(backend: str, spec_path: str, rows: int) -> dict:
         for o in outs:
             o.count()
     wall = time.perf_counter() - t0
-    own, child = _peak_mb()
+    own, child = _peak_mb(children)
     return {"engine": f"pipelinedp-{backend}", "rows": rows, "kept_rows": None, "cubes": len(cliques), "wall_s": wall,
             "rows_per_s": rows / wall, "peak_rss_mb": own, "peak_child_rss_mb": child}
 
@@ -176,7 +221,7 @@ def run(rows=(1_000_000, 10_000_000), engines=("local", "beam", "spark"), pipeli
 
 
 COLUMNS = [("engine", "engine"), ("rows", "rows"), ("rows_per_s", "rows/s"), ("wall_s", "wall s"),
-           ("peak_rss_mb", "peak RSS MB (driver)"), ("peak_child_rss_mb", "peak child RSS MB")]
+           ("peak_rss_mb", "peak RSS MB (driver process)"), ("peak_child_rss_mb", "peak RSS MB (child processes)")]
 
 
 if __name__ == "__main__":

@@ -29,7 +29,9 @@ def machine() -> dict:
 
 def markdown(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     def fmt(v):
-        return f"{v:.4f}" if isinstance(v, float) and abs(v) < 1 else (f"{v:.1f}" if isinstance(v, float) else str(v))
+        if isinstance(v, float):
+            return f"{v:.4g}" if abs(v) < 1 else f"{v:,.1f}"
+        return f"{v:,}" if isinstance(v, int) else str(v)
 
     head = "| " + " | ".join(t for _, t in columns) + " |\n|" + "---|" * len(columns) + "\n"
     return head + "\n".join("| " + " | ".join(fmt(r[k]) for k, _ in columns) + " |" for r in rows)

@@ -60,6 +60,17 @@ def small_parquet(tmp_path):
 
 
 @pytest.fixture
+def units_dir(tmp_path) -> str:
+    """Three Parquet files whose units spread across files, so bounding needs the engines' shuffle."""
+    table = small_table(n=3000, seed=3, units=200)
+    d = tmp_path / "src"
+    d.mkdir()
+    for i, start in enumerate(range(0, 3000, 1000)):
+        pq.write_table(table.slice(start, 1000), d / f"part-{i}.parquet")
+    return str(d)
+
+
+@pytest.fixture
 def users_parquet(tmp_path):
     path = tmp_path / "users.parquet"
     pq.write_table(small_table(n=3000, units=300), path)

@@ -26,17 +26,6 @@ FN_API = {"runner": "FnApiRunner"}
 MULTI_PROCESS = {"runner": "DirectRunner", "direct_num_workers": 2, "direct_running_mode": "multi_processing"}
 
 
-@pytest.fixture
-def units_dir(tmp_path) -> str:
-    """Three Parquet files whose units spread across files (bounding needs the shuffle)."""
-    table = small_table(n=3000, seed=3, units=200)
-    d = tmp_path / "src"
-    d.mkdir()
-    for i, start in enumerate(range(0, 3000, 1000)):
-        pq.write_table(table.slice(start, 1000), d / f"part-{i}.parquet")
-    return str(d)
-
-
 def _plan(source: str, tmp_path, **privacy):
     return plan_job(parse_spec(small_spec(source, str(tmp_path / "out"), **privacy)), check_outputs=False)
 

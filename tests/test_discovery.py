@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import small_spec
 from dpbeam.aggregate import bound_prepared, prepare_with_units
 from dpbeam.bounding import BoundingKey
 from dpbeam.discovery import K_GRID, DiscoveryStats, DiscoveryTask, RowsPerUnit

@@ -35,17 +35,6 @@ HERE = Path(__file__).resolve().parent
 
 
 @pytest.fixture
-def units_dir(tmp_path) -> str:
-    """Three Parquet files whose units spread across files (bounding needs the shuffle)."""
-    table = small_table(n=3000, seed=3, units=200)
-    d = tmp_path / "src"
-    d.mkdir()
-    for i, start in enumerate(range(0, 3000, 1000)):
-        pq.write_table(table.slice(start, 1000), d / f"part-{i}.parquet")
-    return str(d)
-
-
-@pytest.fixture
 def catalog_spark(spark):
     """The session, for tests that touch the catalog. The conftest session keeps the default warehouse directory
     (``spark-warehouse`` in the JVM's working directory), which Spark creates on first catalog use; remove it again

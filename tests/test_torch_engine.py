@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from itertools import combinations
 
 import numpy as np
@@ -223,17 +221,6 @@ def test_synthesize_with_torch_end_to_end(small_parquet, tmp_path):
     again = synthesize.synthesize(spec.output.resolved_measurements_uri, str(tmp_path / "again"), rows=321, seed=2,
                                   engine="torch", iters=50)
     assert pq.read_table(tmp_path / "again").num_rows == 321 and again["synthesizer"]["engine"] == "torch"
-
-
-def test_torch_engine_never_imports_the_trusted_side():
-    code = (
-        "import sys; import dpbeam.synth.torch_engine, dpbeam.synth.relaxed;"
-        "bad = [m for m in sys.modules if m in ('dpbeam.source', 'dpbeam.bounding', 'dpbeam.job') "
-        "or m.startswith('transforms') or m.startswith('pyarrow.dataset')];"
-        "print(bad); sys.exit(1 if bad else 0)"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_precision_options():

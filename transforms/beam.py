@@ -18,7 +18,6 @@ pickled file under ``temp_location`` (deleted after reading); noise is added by 
 
 from __future__ import annotations
 
-import copy
 import functools
 import pickle
 import posixpath
@@ -67,14 +66,11 @@ class _ReadFile(beam.DoFn):
     """Workers: one file of the source -> its record batches, read by the local engine's reader."""
 
     def __init__(self, source: Source, columns: Sequence[str]):
-        self.source = copy.copy(source)
-        self.source.__dict__.pop("_arrow_fs", None)  # a cached pyarrow filesystem; rebuilt on the worker
+        self.source = source
         self.columns = list(columns)
 
     def process(self, path: str) -> Iterator[pa.RecordBatch]:
-        one = copy.copy(self.source)
-        one.files = [path]
-        yield from one.batches(self.columns)
+        yield from self.source.split_batches((path, None), self.columns)
 
 
 class _Prepare(beam.DoFn):
