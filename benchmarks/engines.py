@@ -95,7 +95,6 @@ def _options(engine: str) -> dict:
             SparkSession.builder.master("local[2]").appName("dpbeam-bench")
             .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
             .config("spark.sql.shuffle.partitions", "8")
-            .config("spark.sql.execution.arrow.maxRecordsPerBatch", os.environ.get("BATCH", "10000"))
             .config("spark.driver.memory", "2g").getOrCreate()
         )
         return {"spark": spark}
