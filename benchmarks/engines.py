@@ -1,8 +1,9 @@
 """Engine throughput: bound users to k = 10 rows and count all 1-way and 2-way marginals of 10 attributes (55 cubes).
 
 For each engine (local, Beam on FnApiRunner, Spark local[2]) and table size, one fresh process runs the trusted
-pass (exact cubes only; the same work every engine does before noise) and reports rows/s, its own peak RSS (for Spark
-and Beam that is the driver) and the largest child process's peak RSS (Spark's JVM and Python workers). PipelineDP
+pass (exact cubes only; the same work every engine does before noise) and reports rows/s, its own peak RSS and the
+peak summed RSS of its child processes (Spark's JVM and Python workers; Beam's workers with ``beam-mp``, the direct
+runner in multi-processing mode; the FnApiRunner runs its workers inside the driver process). PipelineDP
 computes the same 55 histograms with the same bounds (at most k contributions per user, public partitions) on its
 Beam and Spark backends; it is per-element Python, so it runs at 100k rows.
 
@@ -52,11 +53,17 @@ class ChildMemory:
         out, todo = [], [pid]
         while todo:
             p = todo.pop()
+            kids = []
             try:
-                with open(f"/proc/{p}/task/{p}/children") as f:
-                    kids = [int(x) for x in f.read().split()]
+                threads = os.listdir(f"/proc/{p}/task")  # children are listed per thread that spawned them
             except OSError:
-                kids = []
+                threads = []
+            for t in threads:
+                try:
+                    with open(f"/proc/{p}/task/{t}/children") as f:
+                        kids += [int(x) for x in f.read().split()]
+                except OSError:
+                    pass
             out += kids
             todo += kids
         return out
@@ -86,6 +93,8 @@ def _peak_mb(children: ChildMemory) -> tuple[float, float]:
 def _options(engine: str) -> dict:
     if engine == "beam":
         return {"runner": "FnApiRunner"}
+    if engine == "beam-mp":  # Beam's direct runner with two worker processes: the driver only plans and merges
+        return {"runner": "DirectRunner", "direct_num_workers": 2, "direct_running_mode": "multi_processing"}
     if engine == "spark":
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         os.environ["PYSPARK_PYTHON"] = sys.executable
@@ -110,12 +119,13 @@ def worker(engine: str, spec_path: str) -> dict:
     from dpbeam.spec import load_spec
 
     children = ChildMemory()
-    plan = plan_job(load_spec(spec_path), check_outputs=False, engine=engine)
+    module = engine.split("-")[0]
+    plan = plan_job(load_spec(spec_path), check_outputs=False, engine=module)
     rows = plan.source.num_rows_upper_bound()
     cliques = all_cliques(plan.domain.names, 1) + all_cliques(plan.domain.names, 2)
     options = _options(engine)
     t0 = time.perf_counter()
-    cubes = engine_module(engine).run_aggregation(
+    cubes = engine_module(module).run_aggregation(
         plan.source, MarginalCounts(plan.domain, cliques), plan.unit_column, K, BoundingKey.fresh(), **options
     )
     wall = time.perf_counter() - t0
