@@ -15,7 +15,7 @@ domains, the source's schema). Synthesis reads only this directory.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -43,6 +43,19 @@ class NoisyMarginal:
     mechanism: str
     rho: float
     weights: np.ndarray | None = None
+
+
+def estimated_total(measurements: Sequence[NoisyMarginal]) -> float:
+    """The minimum-variance estimate of the row count from identity-query measurements (post-processing)."""
+    est, var = [], []
+    for m in measurements:
+        if m.weights is None:
+            est.append(float(np.sum(m.values)))
+            var.append(m.stddev**2 * m.values.size)
+    if not est:
+        return 1.0
+    w = 1.0 / np.asarray(var)
+    return max(1.0, float(np.sum(w * np.asarray(est)) / np.sum(w)))
 
 
 @dataclass(frozen=True)
@@ -83,16 +96,7 @@ class MeasurementsArtifact:
         return out
 
     def estimated_total(self) -> float:
-        """The minimum-variance estimate of the row count from identity-query measurements (post-processing)."""
-        est, var = [], []
-        for m in self.measurements:
-            if m.weights is None:
-                est.append(float(np.sum(m.values)))
-                var.append(m.stddev**2 * m.values.size)
-        if not est:
-            return 1.0
-        w = 1.0 / np.asarray(var)
-        return max(1.0, float(np.sum(w * np.asarray(est)) / np.sum(w)))
+        return estimated_total(self.measurements)
 
     # ------------------------------------------------------------------------------------------------------------------
     # Files

@@ -134,3 +134,37 @@ def test_pair_marginals_match_variable_elimination():
     fast = model.pair_marginals(pairs)
     for p in pairs:
         np.testing.assert_allclose(fast[p], model.marginal(p), rtol=1e-6, atol=1e-6)
+
+
+def test_refinement_dropped_when_noise_would_swamp_it():
+    """At eps = 0.05 on 5,000 rows a refined pair's expected noise is far above the 0.15 limit: refinement is dropped
+    after the 1-way stage and its budget goes to MST's selection and measurement; the total spent is unchanged."""
+    from dpbeam.privacy.refine import plan_refinement
+
+    acc = ZCDPAccountant(0.05, 1e-9, mst_plan(len(SIZES), refine=True))
+    refine_share = acc.allotted("refine")
+    select_before = acc.allotted("mst.select")
+    run_mst(_cubes(), DOM, 1, acc, after_one_way=plan_refinement(acc, 1, None))
+    assert "refine" not in acc.plan
+    assert acc.allotted("mst.select") == pytest.approx(select_before + refine_share / 2)
+    assert acc.spent() == pytest.approx(acc.rho, rel=1e-9)
+    assert acc.record()["reallocations"][0]["from"] == "refine"
+
+
+def test_refinement_kept_when_signal_is_strong():
+    from dpbeam.privacy.refine import plan_refinement
+
+    acc = ZCDPAccountant(50.0, 1e-9, mst_plan(len(SIZES), refine=True))
+    run_mst(_cubes(), DOM, 1, acc, after_one_way=plan_refinement(acc, 1, None))
+    assert "refine" in acc.plan and acc.spent("refine") == 0
+
+
+def test_reallocation_refuses_spent_stages():
+    from dpbeam.errors import BudgetError
+
+    acc = ZCDPAccountant(1.0, 1e-9, {"a": 0.5, "b": 0.25, "c": 0.25})
+    acc.charge("b", "test", 1e-6)
+    with pytest.raises(BudgetError):
+        acc.reallocate("a", {"b": 1.0})
+    acc.reallocate("a", {"c": 1.0})
+    assert acc.allotted("c") == pytest.approx(0.75 * acc.rho)

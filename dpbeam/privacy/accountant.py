@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from dpbeam.errors import BudgetError
 from dpbeam.privacy._opendp import dp
@@ -86,6 +86,7 @@ class ZCDPAccountant:
         self.rho = rho_for(epsilon, delta - delta_reserved)
         self.plan = dict(plan)
         self.charges: list[Charge] = []
+        self.reallocations: list[dict[str, Any]] = []
 
     def allotted(self, stage: str) -> float:
         """The rho the plan gives ``stage``."""
@@ -98,6 +99,22 @@ class ZCDPAccountant:
 
     def remaining(self, stage: str) -> float:
         return self.allotted(stage) - self.spent(stage)
+
+    def reallocate(self, stage: str, to: Mapping[str, float]) -> None:
+        """Give the whole allotment of ``stage``, which has spent nothing, to other stages that have spent nothing,
+        in the proportions ``to``.
+
+        Why this keeps the guarantee: the total rho is fixed before the run, and the new split is chosen from outputs
+        already released. A rho-zCDP budget is a Renyi-DP budget of rho * alpha at every order alpha, and Renyi
+        filters (Feldman & Zrnic 2021, Thm 3.1) allow each mechanism's parameters to depend on earlier outputs as long
+        as the sum stays within the budget at every order; so the adaptive composition is still rho-zCDP."""
+        if self.spent(stage) > 0 or any(self.spent(s) > 0 for s in to):
+            raise BudgetError(f"cannot move budget from or to a stage that has already spent: {stage} -> {list(to)}")
+        total = sum(to.values())
+        moved = self.plan.pop(stage)
+        for s, share in to.items():
+            self.plan[s] += moved * share / total
+        self.reallocations.append({"from": stage, "to": {s: moved * v / total for s, v in to.items()}})
 
     def delta_spent(self) -> float:
         return math.fsum(c.detail.get("delta", 0.0) for c in self.charges)
@@ -137,5 +154,6 @@ class ZCDPAccountant:
             "delta_spent_by_thresholds": self.delta_spent(),
             "epsilon_spent": epsilon_for(spent, self.delta - self.delta_spent()),
             "stages": stages,
+            "reallocations": self.reallocations,
             "charges": [c.to_json() for c in self.charges],
         }

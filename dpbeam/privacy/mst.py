@@ -122,10 +122,13 @@ def run_mst(
     k: int,
     accountant: ZCDPAccountant,
     progress: Progress | None = None,
+    after_one_way: Callable[[MSTResult], None] | None = None,
 ) -> MSTResult:
     """Run MST's three stages on exact cubes (trusted side); return the noisy measurements and compression.
 
     ``cubes`` must hold every 1-way and 2-way marginal of the bounded table (see :func:`required_cliques`).
+    ``after_one_way`` sees the released 1-way measurements and compression before selection starts (it may adapt
+    the budget plan from them; see :meth:`ZCDPAccountant.reallocate`).
     """
     say = progress or (lambda _msg: None)
     names = domain.names
@@ -165,6 +168,8 @@ def run_mst(
         weights[-1] = 1.0 / np.sqrt(m)
         measurements.append(NoisyMarginal((n,), y2 * weights, sigma1, "discrete Gaussian", rho, weights=weights))
 
+    if after_one_way is not None:
+        after_one_way(MSTResult(tuple(measurements), compression, ()))
     tree: list[tuple[str, str]] = []
     if d >= 2:
         # Stage 2: choose a spanning tree with the exponential mechanism.
