@@ -21,7 +21,7 @@ from dpbeam.measurements import MeasurementsArtifact
 from dpbeam.privacy.accountant import ZCDPAccountant
 from dpbeam.privacy.mst import mst_plan, required_cliques, run_mst
 from dpbeam.privacy.noise import noise_is_off
-from dpbeam.privacy.refine import plan_refinement, run_refinement
+from dpbeam.privacy.refine import decide_refinement, run_refinement
 from dpbeam.progress import Reporter
 from dpbeam.source import Source, open_source
 from dpbeam.spec import JobSpec
@@ -201,11 +201,14 @@ def measure(
     counts = MarginalCounts(plan.domain, required_cliques(plan.domain.names))
     cubes = run_aggregation(plan, counts, engine, key, reporter, **options)
     k, syn = plan.k, plan.spec.synthesizer
-    decide = None
-    if "refine" in plan.accountant.plan:
-        decide = plan_refinement(plan.accountant, k, syn.refine_per_round, syn.refine_rounds)
-    result = run_mst(cubes, plan.domain, k, plan.accountant, reporter.say, after_one_way=decide)
-    if "refine" in plan.accountant.plan:
+    planned = "refine" in plan.accountant.plan
+    refine = planned and decide_refinement(
+        cubes, plan.domain, k, plan.accountant, syn.refine_per_round, syn.refine_rounds
+    )
+    if planned and not refine:
+        reporter.say("refinement would drown in noise at this budget: running plain MST with the whole budget")
+    result = run_mst(cubes, plan.domain, k, plan.accountant, reporter.say)
+    if refine:
         result = run_refinement(
             cubes, plan.domain, k, plan.accountant, result, rounds=syn.refine_rounds, per_round=syn.refine_per_round,
             max_cells=syn.max_model_cells, progress=reporter.say,

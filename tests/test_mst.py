@@ -94,8 +94,11 @@ def test_project_simplex():
 def test_refinement_spends_exactly_its_budget(rounds):
     from dpbeam.privacy.refine import run_refinement
 
+    from dpbeam.privacy.refine import decide_refinement
+
     acc = ZCDPAccountant(1.0, 1e-9, mst_plan(len(SIZES), refine=True))
     cubes = _cubes()
+    assert decide_refinement(cubes, DOM, 2, acc, per_round=2, rounds=rounds)  # small cubes, 5,000 rows: it pays
     base = run_mst(cubes, DOM, 2, acc)
     result = run_refinement(cubes, DOM, 2, acc, base, rounds=rounds, per_round=2, fit_iters=50)
     assert acc.spent() == pytest.approx(acc.rho, rel=1e-9)
@@ -137,34 +140,38 @@ def test_pair_marginals_match_variable_elimination():
 
 
 def test_refinement_dropped_when_noise_would_swamp_it():
-    """At eps = 0.05 on 5,000 rows a refined pair's expected noise is far above the 0.15 limit: refinement is dropped
-    after the 1-way stage and its budget goes to MST's selection and measurement; the total spent is unchanged."""
-    from dpbeam.privacy.refine import plan_refinement
+    """At eps = 0.01 on 5,000 rows a refined pair's expected noise (sigma ~ 2,900, median 15 cells: ~7 times the row
+    count) is far above the limit of 2: after the row count, refinement is dropped and MST gets the rest in thirds;
+    the total spent is unchanged."""
+    from dpbeam.privacy.refine import decide_refinement
 
-    acc = ZCDPAccountant(0.05, 1e-9, mst_plan(len(SIZES), refine=True))
-    refine_share = acc.allotted("refine")
-    select_before = acc.allotted("mst.select")
-    run_mst(_cubes(), DOM, 1, acc, after_one_way=plan_refinement(acc, 1, None))
-    assert "refine" not in acc.plan
-    assert acc.allotted("mst.select") == pytest.approx(select_before + refine_share / 2)
+    acc = ZCDPAccountant(0.01, 1e-9, mst_plan(len(SIZES), refine=True))
+    cubes = _cubes()
+    assert decide_refinement(cubes, DOM, 1, acc) is False
+    assert "refine" not in acc.plan and acc.spent("total") > 0
+    free = acc.rho - acc.allotted("total")
+    for stage in ("mst.one_way", "mst.select", "mst.measure"):
+        assert acc.allotted(stage) == pytest.approx(free / 3)
+    run_mst(cubes, DOM, 1, acc)
     assert acc.spent() == pytest.approx(acc.rho, rel=1e-9)
-    assert acc.record()["reallocations"][0]["from"] == "refine"
+    assert acc.record()["reallocations"][0]["after"]["mst.one_way"] == pytest.approx(free / 3 / acc.rho)
 
 
 def test_refinement_kept_when_signal_is_strong():
-    from dpbeam.privacy.refine import plan_refinement
+    from dpbeam.privacy.refine import decide_refinement
 
     acc = ZCDPAccountant(50.0, 1e-9, mst_plan(len(SIZES), refine=True))
-    run_mst(_cubes(), DOM, 1, acc, after_one_way=plan_refinement(acc, 1, None))
+    assert decide_refinement(_cubes(), DOM, 1, acc) is True
     assert "refine" in acc.plan and acc.spent("refine") == 0
 
 
-def test_reallocation_refuses_spent_stages():
+def test_replan_refuses_spent_stages():
     from dpbeam.errors import BudgetError
 
     acc = ZCDPAccountant(1.0, 1e-9, {"a": 0.5, "b": 0.25, "c": 0.25})
     acc.charge("b", "test", 1e-6)
     with pytest.raises(BudgetError):
-        acc.reallocate("a", {"b": 1.0})
-    acc.reallocate("a", {"c": 1.0})
-    assert acc.allotted("c") == pytest.approx(0.75 * acc.rho)
+        acc.replan({"b": 0.5, "c": 0.5})
+    acc.replan({"c": 0.2, "d": 0.8})
+    assert acc.allotted("d") == pytest.approx(0.6 * acc.rho) and acc.allotted("b") == pytest.approx(0.25 * acc.rho)
+    assert "a" not in acc.plan

@@ -100,21 +100,23 @@ class ZCDPAccountant:
     def remaining(self, stage: str) -> float:
         return self.allotted(stage) - self.spent(stage)
 
-    def reallocate(self, stage: str, to: Mapping[str, float]) -> None:
-        """Give the whole allotment of ``stage``, which has spent nothing, to other stages that have spent nothing,
-        in the proportions ``to``.
+    def replan(self, fractions: Mapping[str, float]) -> None:
+        """Split everything allotted to the stages that have spent nothing anew: ``fractions`` (summing to 1) over
+        new or existing stage names.
 
         Why this keeps the guarantee: the total rho is fixed before the run, and the new split is chosen from outputs
         already released. A rho-zCDP budget is a Renyi-DP budget of rho * alpha at every order alpha, and Renyi
         filters (Feldman & Zrnic 2021, Thm 3.1) allow each mechanism's parameters to depend on earlier outputs as long
         as the sum stays within the budget at every order; so the adaptive composition is still rho-zCDP."""
-        if self.spent(stage) > 0 or any(self.spent(s) > 0 for s in to):
-            raise BudgetError(f"cannot move budget from or to a stage that has already spent: {stage} -> {list(to)}")
-        total = sum(to.values())
-        moved = self.plan.pop(stage)
-        for s, share in to.items():
-            self.plan[s] += moved * share / total
-        self.reallocations.append({"from": stage, "to": {s: moved * v / total for s, v in to.items()}})
+        if abs(sum(fractions.values()) - 1.0) > 1e-9 or any(f <= 0 for f in fractions.values()):
+            raise ValueError("replan fractions must be positive and sum to 1")
+        spent = {s for s in self.plan if self.spent(s) > 0}
+        if spent & set(fractions):
+            raise BudgetError(f"cannot replan stages that have already spent: {sorted(spent & set(fractions))}")
+        free = sum(f for s, f in self.plan.items() if s not in spent)
+        before = dict(self.plan)
+        self.plan = {**{s: self.plan[s] for s in spent}, **{s: free * f for s, f in fractions.items()}}
+        self.reallocations.append({"before": before, "after": dict(self.plan)})
 
     def delta_spent(self) -> float:
         return math.fsum(c.detail.get("delta", 0.0) for c in self.charges)

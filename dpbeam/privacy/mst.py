@@ -43,13 +43,19 @@ STAGES = ("mst.one_way", "mst.select", "mst.measure")
 Progress = Callable[[str], None]
 
 
+TOTAL_SHARE = 0.01  # of rho, for the noisy row count that decides whether refinement pays (mst-refined only)
+
+
 def mst_plan(n_columns: int, split: Mapping[str, float] | None = None, refine: bool = False) -> dict[str, float]:
-    """The budget plan of MST's stages (and of the refinement stage, when asked for). A single column needs no tree:
-    it gets the whole budget for its 1-way marginal."""
+    """The budget plan of MST's stages (and of the refinement stage and the row count that decides on it, when
+    asked for). A single column needs no tree: it gets the whole budget for its 1-way marginal."""
     if n_columns < 2:
         return {"mst.one_way": 1.0}
     split = dict(split or (DEFAULT_REFINED_SPLIT if refine else DEFAULT_SPLIT))
-    return {("refine" if k == "refine" else f"mst.{k}"): v for k, v in split.items()}
+    plan = {("refine" if k == "refine" else f"mst.{k}"): v for k, v in split.items()}
+    if refine:
+        plan = {"total": TOTAL_SHARE, **{s: f * (1 - TOTAL_SHARE) for s, f in plan.items()}}
+    return plan
 
 
 def required_cliques(names: list[str]) -> list[Clique]:
@@ -122,13 +128,10 @@ def run_mst(
     k: int,
     accountant: ZCDPAccountant,
     progress: Progress | None = None,
-    after_one_way: Callable[[MSTResult], None] | None = None,
 ) -> MSTResult:
     """Run MST's three stages on exact cubes (trusted side); return the noisy measurements and compression.
 
     ``cubes`` must hold every 1-way and 2-way marginal of the bounded table (see :func:`required_cliques`).
-    ``after_one_way`` sees the released 1-way measurements and compression before selection starts (it may adapt
-    the budget plan from them; see :meth:`ZCDPAccountant.reallocate`).
     """
     say = progress or (lambda _msg: None)
     names = domain.names
@@ -168,8 +171,6 @@ def run_mst(
         weights[-1] = 1.0 / np.sqrt(m)
         measurements.append(NoisyMarginal((n,), y2 * weights, sigma1, "discrete Gaussian", rho, weights=weights))
 
-    if after_one_way is not None:
-        after_one_way(MSTResult(tuple(measurements), compression, ()))
     tree: list[tuple[str, str]] = []
     if d >= 2:
         # Stage 2: choose a spanning tree with the exponential mechanism.

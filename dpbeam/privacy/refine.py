@@ -27,7 +27,7 @@ import numpy as np
 
 from dpbeam.domain import TableDomain
 from dpbeam.marginals import Clique
-from dpbeam.measurements import MeasurementsArtifact, NoisyMarginal, estimated_total
+from dpbeam.measurements import MeasurementsArtifact, NoisyMarginal
 from dpbeam.privacy.accountant import ZCDPAccountant
 from dpbeam.privacy.mst import MSTResult, compress_cube
 from dpbeam.privacy.noise import add_discrete_gaussian, gaussian_sigma
@@ -35,33 +35,41 @@ from dpbeam.privacy.selection import exponential_mechanism
 
 STAGE = "refine"
 SELECT_SHARE = 0.1
-# Refinement pays off when a typical candidate can be measured with little noise relative to the table. On Adult the
-# median over pairs of sqrt(2/pi) sigma cells / N (the expected L1 noise of measuring the pair, over the noisy row
-# count) was 0.18-0.26 at eps = 0.1, where refinement lost (mean 2-way TVD 0.166 vs MST's 0.146), 0.13-0.16 at
-# eps = 0.3 (0.078 vs 0.081) and 0.07-0.09 at eps = 1 (0.039 vs 0.053).
-MAX_MEDIAN_NOISE = 0.15
+# Refinement pays off when a typical candidate pair can be measured with little noise relative to the table. Judged
+# before MST starts, on the full domain sizes (compression is not known yet): the median over pairs of
+# sqrt(2/pi) sigma cells / N, the expected L1 noise of measuring the pair over the noisy row count. On Adult it is
+# 3.7 at eps = 0.1, where refinement lost (mean 2-way TVD 0.164-0.174 vs MST's 0.146), 1.3 at eps = 0.3 (0.077 vs
+# 0.079) and 0.4 at eps = 1 (0.039 vs 0.051); the limit sits between, near their geometric mean.
+MAX_MEDIAN_NOISE = 2.0
 
 
 def refinement_pays(sizes: Mapping[str, int], total: float, rho: float, k: int, per_round: int) -> bool:
-    """Whether refinement is worth its budget, judged from public quantities only: the model-domain sizes (chosen
-    from noisy counts), the noisy row count and the noise scale a refined measurement would get."""
+    """Whether refinement is worth its budget, judged from public quantities only: domain sizes, a noisy row count
+    and the noise scale a refined measurement would get."""
     sigma = gaussian_sigma((1 - SELECT_SHARE) * rho / per_round, k)
     noise = [math.sqrt(2 / math.pi) * sigma * sizes[a] * sizes[b] / total for a, b in combinations(sizes, 2)]
     return bool(noise) and float(np.median(noise)) <= MAX_MEDIAN_NOISE
 
 
-def plan_refinement(accountant: ZCDPAccountant, k: int, per_round: int | None, rounds: int = 1):
-    """A hook for :func:`dpbeam.privacy.mst.run_mst`: after the 1-way stage, drop refinement when it does not pay
-    and give its budget to MST's selection and measurement."""
+def decide_refinement(
+    cubes: Mapping[Clique, np.ndarray], domain: TableDomain, k: int, accountant: ZCDPAccountant,
+    per_round: int | None = None, rounds: int = 1,
+) -> bool:
+    """Release a noisy row count (the ``total`` stage: one discrete Gaussian, L2 sensitivity k) and decide from it
+    whether refinement pays. If not, every stage that has not spent is replanned to MST's default thirds."""
+    from dpbeam.privacy.mst import DEFAULT_SPLIT
 
-    def decide(after_one_way: MSTResult) -> None:
-        sizes = {m.clique[0]: m.values.size for m in after_one_way.measurements}
-        total = estimated_total(after_one_way.measurements)
-        n = max(1, len(sizes) - 1)
-        if not refinement_pays(sizes, total, accountant.allotted(STAGE) / rounds, k, per_round or 2 * n):
-            accountant.reallocate(STAGE, {"mst.select": 1.0, "mst.measure": 1.0})
-
-    return decide
+    first = domain.names[0]
+    exact = np.asarray([int(cubes[(first,)].sum())])
+    sigma = gaussian_sigma(accountant.allotted("total"), k)
+    noisy, rho = add_discrete_gaussian(exact, sigma, k)
+    accountant.charge("total", "discrete Gaussian (row count)", rho, sigma=sigma, sensitivity_l2=k)
+    sizes = {n: domain[n].size for n in domain.names}
+    per_round = per_round or max(1, 2 * (len(sizes) - 1))
+    if refinement_pays(sizes, max(1.0, float(noisy[0])), accountant.allotted(STAGE) / rounds, k, per_round):
+        return True
+    accountant.replan({f"mst.{s}": f for s, f in DEFAULT_SPLIT.items()})
+    return False
 
 
 def run_refinement(
