@@ -52,6 +52,22 @@ def small_spec(source: str, out: str, **privacy) -> dict:
     }
 
 
+def pair_counts(plan):
+    """MarginalCounts of every 1-way and 2-way marginal of a plan's domain."""
+    from dpbeam.aggregate import MarginalCounts
+    from dpbeam.marginals import all_cliques
+
+    return MarginalCounts(plan.domain, all_cliques(plan.domain.names, 1) + all_cliques(plan.domain.names, 2))
+
+
+def assert_same_cubes(got: dict, want: dict) -> None:
+    """The same cliques, the same counts cell by cell, the same dtypes."""
+    assert set(got) == set(want)
+    for c in want:
+        np.testing.assert_array_equal(got[c], want[c], err_msg=str(c))
+        assert got[c].dtype == want[c].dtype
+
+
 @pytest.fixture
 def small_parquet(tmp_path):
     path = tmp_path / "small.parquet"

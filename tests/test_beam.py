@@ -10,11 +10,10 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import small_spec, small_table
-from dpbeam.aggregate import BoundedCodes, MarginalCounts
+from conftest import assert_same_cubes, pair_counts, small_spec, small_table
+from dpbeam.aggregate import BoundedCodes
 from dpbeam.bounding import BoundingKey
 from dpbeam.job import plan_job
-from dpbeam.marginals import all_cliques
 from dpbeam.spec import parse_spec
 from transforms import local
 
@@ -28,17 +27,6 @@ MULTI_PROCESS = {"runner": "DirectRunner", "direct_num_workers": 2, "direct_runn
 
 def _plan(source: str, tmp_path, **privacy):
     return plan_job(parse_spec(small_spec(source, str(tmp_path / "out"), **privacy)), check_outputs=False)
-
-
-def _counts(plan) -> MarginalCounts:
-    return MarginalCounts(plan.domain, all_cliques(plan.domain.names, 1) + all_cliques(plan.domain.names, 2))
-
-
-def _assert_same_cubes(got: dict, want: dict) -> None:
-    assert set(got) == set(want)
-    for c in want:
-        np.testing.assert_array_equal(got[c], want[c], err_msg=str(c))
-        assert got[c].dtype == want[c].dtype
 
 
 def _both(plan, aggregation, **options):
@@ -59,14 +47,14 @@ def test_beam_equals_local(unit, options, units_dir, tmp_path):
     assert rows == [3000]
     if unit:
         assert len(want) < 3000  # bounding dropped rows, so the comparison covers it
-    _assert_same_cubes(*_both(plan, _counts(plan), partitions=5, **options))
+    assert_same_cubes(*_both(plan, pair_counts(plan), partitions=5, **options))
 
 
 def test_summary_file_is_removed_from_temp_location(units_dir, tmp_path):
     plan = _plan(units_dir, tmp_path, unit={"column": "user_id"}, max_rows_per_unit=2)
     temp = tmp_path / "beam-temp"
-    got, want = _both(plan, _counts(plan), temp_location=str(temp), **FN_API)
-    _assert_same_cubes(got, want)
+    got, want = _both(plan, pair_counts(plan), temp_location=str(temp), **FN_API)
+    assert_same_cubes(got, want)
     assert temp.is_dir() and not any(temp.iterdir())
 
 
@@ -83,7 +71,7 @@ def test_heavy_unit_is_bounded_to_k(tmp_path):
     per_unit = np.unique(light.column("user_id").to_numpy(), return_counts=True)[1]
     expected = k + int(np.minimum(per_unit, k).sum())  # the heavy unit (10,000) keeps k; each light unit min(rows, k)
     assert len(got) == expected
-    cubes, _ = _both(plan, _counts(plan), partitions=4, **FN_API)
+    cubes, _ = _both(plan, pair_counts(plan), partitions=4, **FN_API)
     assert int(cubes[("color",)].sum()) == expected
 
 
@@ -114,12 +102,12 @@ def test_composable_transforms_in_a_hand_built_pipeline(units_dir, tmp_path):
     from apache_beam.testing.util import assert_that
 
     plan = _plan(units_dir, tmp_path, unit={"column": "user_id"}, max_rows_per_unit=2)
-    counts = _counts(plan)
+    counts = pair_counts(plan)
     want = local.run_aggregation(plan.source, counts, "user_id", 2, KEY)
 
     def same_as_local(summaries):
         assert len(summaries) == 1
-        _assert_same_cubes(summaries[0], want)
+        assert_same_cubes(summaries[0], want)
 
     with beam.Pipeline(runner=FnApiRunner()) as p:
         tables = p | beam.io.ReadFromParquetBatched(f"{units_dir}/*.parquet", columns=counts.columns + ["user_id"])
@@ -161,4 +149,4 @@ class _RowCount:
 def test_bad_options_are_refused(units_dir, tmp_path):
     plan = _plan(units_dir, tmp_path, unit={"column": "user_id"}, max_rows_per_unit=2)
     with pytest.raises(ValueError, match="partitions"):
-        beam_engine.run_aggregation(plan.source, _counts(plan), "user_id", 2, KEY, partitions=0)
+        beam_engine.run_aggregation(plan.source, pair_counts(plan), "user_id", 2, KEY, partitions=0)

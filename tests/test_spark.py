@@ -18,12 +18,11 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import small_spec, small_table
-from dpbeam.aggregate import BoundedCodes, MarginalCounts
+from conftest import assert_same_cubes, pair_counts, small_spec, small_table
+from dpbeam.aggregate import BoundedCodes
 from dpbeam.bounding import BoundingKey
 from dpbeam.errors import SourceError
 from dpbeam.job import plan_job
-from dpbeam.marginals import all_cliques
 from dpbeam.spec import parse_spec
 from transforms import local
 
@@ -32,20 +31,6 @@ from transforms import spark as spark_engine  # noqa: E402
 
 KEY = BoundingKey(b"spark-engine-test-key-0123456789")
 HERE = Path(__file__).resolve().parent
-
-
-@pytest.fixture
-def catalog_spark(spark):
-    """The session, for tests that touch the catalog. The conftest session keeps the default warehouse directory
-    (``spark-warehouse`` in the JVM's working directory), which Spark creates on first catalog use; remove it again
-    if this test created it and left it empty (the test's own tables live under tmp_path)."""
-    from urllib.parse import urlparse
-
-    warehouse = Path(urlparse(spark.conf.get("spark.sql.warehouse.dir")).path)
-    existed = warehouse.exists()
-    yield spark
-    if not existed and warehouse.is_dir() and not any(warehouse.iterdir()):
-        warehouse.rmdir()
 
 
 def _spec(source: str | dict, tmp_path, **privacy) -> dict:
@@ -57,16 +42,6 @@ def _spec(source: str | dict, tmp_path, **privacy) -> dict:
 def _plan(source: str | dict, tmp_path, engine: str = "local", **privacy):
     options = privacy.pop("options", {})
     return plan_job(parse_spec(_spec(source, tmp_path, **privacy)), check_outputs=False, engine=engine, **options)
-
-
-def _counts(plan) -> MarginalCounts:
-    return MarginalCounts(plan.domain, all_cliques(plan.domain.names, 1) + all_cliques(plan.domain.names, 2))
-
-
-def _assert_same_cubes(got: dict, want: dict) -> None:
-    assert set(got) == set(want)
-    for c in want:
-        np.testing.assert_array_equal(got[c], want[c], err_msg=str(c))
 
 
 def _both(plan, aggregation, spark, **options):
@@ -95,7 +70,7 @@ def test_spark_equals_local(unit, units_dir, tmp_path, spark):
     np.testing.assert_array_equal(got, want)
     assert got.dtype == want.dtype
     assert rows == [3000]
-    _assert_same_cubes(*_both(plan, _counts(plan), spark))
+    assert_same_cubes(*_both(plan, pair_counts(plan), spark))
 
 
 def test_heavy_unit_is_bounded_to_k(tmp_path, spark):
@@ -111,7 +86,7 @@ def test_heavy_unit_is_bounded_to_k(tmp_path, spark):
     per_unit = np.unique(light.column("user_id").to_numpy(), return_counts=True)[1]
     expected = k + int(np.minimum(per_unit, k).sum())  # the heavy unit (10,000) keeps k; each light unit min(rows, k)
     assert len(got) == expected
-    cubes, _ = _both(plan, _counts(plan), spark)
+    cubes, _ = _both(plan, pair_counts(plan), spark)
     assert int(cubes[("color",)].sum()) == expected
 
 
@@ -133,8 +108,8 @@ def test_csv_source(tmp_path, spark):
     assert len(want) == 1500
 
 
-def test_catalog_table_gives_the_same_cubes_as_parquet(units_dir, tmp_path, catalog_spark):
-    spark = catalog_spark
+def test_catalog_table_gives_the_same_cubes_as_parquet(units_dir, tmp_path, spark):
+    spark = spark
     database, name = "dpbeam_test", "dpbeam_test.users"
     spark.sql(f"CREATE DATABASE IF NOT EXISTS {database} LOCATION '{(tmp_path / 'db').as_uri()}'")
     spark.read.parquet(units_dir).write.saveAsTable(name)
@@ -145,15 +120,15 @@ def test_catalog_table_gives_the_same_cubes_as_parquet(units_dir, tmp_path, cata
         table = _plan({"table": name}, tmp_path, engine="spark", options={"spark": spark}, **privacy)
         assert isinstance(table.source, spark_engine.CatalogSource)
         assert table.domain == files.domain
-        got = spark_engine.run_aggregation(table.source, _counts(table), "user_id", 2, KEY, spark=spark)
-        want = local.run_aggregation(files.source, _counts(files), "user_id", 2, KEY)
-        _assert_same_cubes(got, want)
+        got = spark_engine.run_aggregation(table.source, pair_counts(table), "user_id", 2, KEY, spark=spark)
+        want = local.run_aggregation(files.source, pair_counts(files), "user_id", 2, KEY)
+        assert_same_cubes(got, want)
     finally:
         spark.sql(f"DROP DATABASE IF EXISTS {database} CASCADE")
 
 
-def test_catalog_source_refuses_bad_tables(catalog_spark):
-    spark = catalog_spark
+def test_catalog_source_refuses_bad_tables(spark):
+    spark = spark
     with pytest.raises(SourceError, match="no_such_table"):
         spark_engine.catalog_source("no_such_table", spark=spark)
     spark.createDataFrame([(1, "a")], "user_id long, color string").createOrReplaceTempView("dpbeam_small_view")
@@ -244,5 +219,5 @@ def test_standalone_cluster_equals_local(units_dir, tmp_path):
     assert int(saved["__executors"]) == 1  # the work ran on the cluster's executor, not in the driver
     assert saved["__rows"].tolist() == [3000]
     plan = _plan(units_dir, tmp_path, unit={"column": "user_id"}, max_rows_per_unit=2)
-    want = local.run_aggregation(plan.source, _counts(plan), "user_id", 2, KEY)
-    _assert_same_cubes({tuple(n.split("|")): saved[n] for n in saved.files if not n.startswith("__")}, want)
+    want = local.run_aggregation(plan.source, pair_counts(plan), "user_id", 2, KEY)
+    assert_same_cubes({tuple(n.split("|")): saved[n] for n in saved.files if not n.startswith("__")}, want)
