@@ -11,11 +11,23 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import pyarrow as pa
+
 from dpbeam import lake
 from dpbeam.aggregate import Aggregation, MarginalCounts
 from dpbeam.bounding import BoundingKey
 from dpbeam.discovery import STAGE, DiscoveryStats, DiscoveryTask, RowsPerUnit, choose_k, select_bounds, select_values
-from dpbeam.domain import TableDomain, build_table_domain, check_column_kind, check_columns, is_open
+from dpbeam.domain import (
+    CategoricalDomain,
+    ColumnDomain,
+    TableDomain,
+    arrow_type_to_str,
+    build_column_domain,
+    build_table_domain,
+    check_column_kind,
+    check_columns,
+    is_open,
+)
 from dpbeam.errors import SpecError
 from dpbeam.measurements import MeasurementsArtifact
 from dpbeam.privacy.accountant import ZCDPAccountant
@@ -24,7 +36,7 @@ from dpbeam.privacy.noise import noise_is_off
 from dpbeam.privacy.refine import decide_refinement, run_refinement
 from dpbeam.progress import Reporter
 from dpbeam.source import Source, open_source
-from dpbeam.spec import JobSpec
+from dpbeam.spec import CategoricalColumn, ColumnSpec, JobSpec
 from dpbeam.versions import library_versions
 
 ENGINES = ("local", "beam", "spark")
@@ -160,10 +172,10 @@ def _bounds(kind: str, lo: float, hi: float) -> tuple:
     return (lo, hi)
 
 
-def _discovered_domain(name: str, spec: Any, schema) -> Any:
-    from dpbeam.domain import CategoricalDomain, arrow_type_to_str, build_column_domain
-
-    if getattr(spec, "kind", None) == "categorical" and spec.values == []:
+def _discovered_domain(name: str, spec: ColumnSpec, schema: pa.Schema) -> ColumnDomain:
+    """A column's domain once discovery has filled its spec in; a categorical column where no value passed the
+    threshold keeps only its "other" code."""
+    if isinstance(spec, CategoricalColumn) and spec.values == []:
         t = check_column_kind(name, spec, schema.field(name).type)
         return CategoricalDomain(name, arrow_type_to_str(t), spec.nullable, values=(), other_label=spec.other_label)
     return build_column_domain(name, spec, schema.field(name).type)

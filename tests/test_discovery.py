@@ -138,3 +138,21 @@ def test_one_unit_moves_distinct_unit_counts_by_one_on_at_most_k_values(base, ne
     diff = {v: after.get(v, 0) - before.get(v, 0) for v in set(after) | set(before)}
     assert all(0 <= d <= 1 for d in diff.values())
     assert sum(d > 0 for d in diff.values()) <= k
+
+
+def test_no_value_passes_the_threshold(tmp_path):
+    """Every user has a country of their own: no value has enough users to pass thresholding, the column keeps only
+    its "other" code, and the synthetic table says "__other__" (never a real, rare value)."""
+    n = 300
+    pq.write_table(pa.table({"user_id": pa.array(np.arange(n)), "country": pa.array([f"c{i}" for i in range(n)]),
+                             "x": pa.array(np.arange(n) % 3)}), tmp_path / "t.parquet")
+    spec = parse_spec({
+        "source": {"uri": str(tmp_path / "t.parquet")},
+        "privacy": {"unit": {"column": "user_id"}, "epsilon": 1.0, "delta": 1e-6, "max_rows_per_unit": 1,
+                    "discovery_fraction": 0.3},
+        "columns": {"country": {"kind": "categorical"}, "x": {"kind": "integer", "bounds": [0, 2]}},
+        "synthesizer": {"method": "mst", "iters": 50},
+        "output": {"uri": str(tmp_path / "out"), "rows": 100},
+    })
+    run_job(spec)
+    assert set(pq.read_table(tmp_path / "out").column("country").to_pylist()) == {"__other__"}
