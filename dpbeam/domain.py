@@ -223,10 +223,6 @@ class TableDomain:
 # Building domains from the spec and the source's schema (public information only)
 
 
-def _kind_error(name: str, spec_kind: str, t: pa.DataType, hint: str) -> SpecError:
-    return SpecError(f"column '{name}' is {arrow_type_to_str(t)} in the source but the spec says kind: {spec_kind}; {hint}")
-
-
 _KIND_RULES = {
     "categorical": (
         lambda t: pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t) or pa.types.is_boolean(t),

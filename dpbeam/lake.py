@@ -27,10 +27,6 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, path.rstrip("/")
 
 
-def _join(uri: str, name: str) -> str:
-    return uri.rstrip("/") + "/" + name
-
-
 def holds_something(uri: str) -> bool:
     fs, path = filesystem(uri)
     if not fs.exists(path):
@@ -75,11 +71,6 @@ def atomic_directory(uri: str, overwrite: bool = False) -> Iterator[str]:
         f.write(b"")
     if old is not None:
         fs.rm(old, recursive=True)
-
-
-def is_complete(uri: str) -> bool:
-    fs, path = filesystem(uri)
-    return fs.exists(f"{path}/{SUCCESS}")
 
 
 def write_json(dir_uri: str, name: str, obj: Any) -> None:

@@ -97,9 +97,6 @@ class ZCDPAccountant:
     def spent(self, stage: str | None = None) -> float:
         return math.fsum(c.rho for c in self.charges if stage is None or c.stage == stage)
 
-    def remaining(self, stage: str) -> float:
-        return self.allotted(stage) - self.spent(stage)
-
     def replan(self, fractions: Mapping[str, float]) -> None:
         """Split everything allotted to the stages that have spent nothing anew: ``fractions`` (summing to 1) over
         new or existing stage names.
