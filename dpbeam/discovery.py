@@ -27,7 +27,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dpbeam.aggregate import UNIT_H1, UNIT_H2
-from dpbeam.bounding import mix64
 from dpbeam.privacy._opendp import dp
 from dpbeam.privacy.accountant import ZCDPAccountant
 from dpbeam.privacy.noise import add_discrete_gaussian, gaussian_sigma
@@ -47,10 +46,12 @@ DATETIME_GRID = (
 
 
 def _unit_ids(prepared: pa.RecordBatch) -> np.ndarray | None:
-    """One uint64 per row naming its unit (both hash words folded), or None for row-level jobs."""
+    """One 16-byte value per row naming its unit (both 64-bit words of the 128-bit unit hash, never folded: two
+    units that merged would double a statistic's sensitivity), or None for row-level jobs."""
     if UNIT_H1 not in prepared.schema.names:
         return None
-    return mix64(prepared.column(UNIT_H1).to_numpy() ^ mix64(prepared.column(UNIT_H2).to_numpy()))
+    words = np.stack([prepared.column(UNIT_H1).to_numpy(), prepared.column(UNIT_H2).to_numpy()], axis=1)
+    return np.ascontiguousarray(words, dtype=np.uint64).view(np.dtype((np.void, 16))).ravel()
 
 
 class RowsPerUnit:

@@ -100,7 +100,7 @@ class ColumnDomain:
 @dataclass(frozen=True)
 class CategoricalDomain(ColumnDomain):
     values: tuple = ()
-    other_label: str | None = None
+    other_label: Any = None  # how the "other" code is written out; see other_value
 
     kind = "categorical"
 
@@ -254,10 +254,64 @@ def is_open(spec: ColumnSpec) -> bool:
     return not isinstance(spec, BooleanColumn) and spec.bounds is None
 
 
-def build_column_domain(name: str, spec: ColumnSpec, arrow_type: pa.DataType) -> ColumnDomain:
-    """Turn one column's spec into its domain, checking the kind against the source's Arrow type."""
-    t = check_column_kind(name, spec, arrow_type)
-    base = {"name": name, "arrow_type": arrow_type_to_str(t), "nullable": spec.nullable}
+_KIND_ARROW_TYPES = {
+    "categorical": pa.string(),
+    "integer": pa.int64(),
+    "float": pa.float64(),
+    "datetime": pa.timestamp("us"),
+    "boolean": pa.bool_(),
+}
+
+
+def spec_arrow_type(spec: ColumnSpec) -> pa.DataType:
+    """The Arrow type a column is read as from a source without a typed schema (CSV): the spec's ``arrow_type``, or
+    the kind's default. Never inferred from values."""
+    return arrow_type_from_str(spec.arrow_type) if spec.arrow_type else _KIND_ARROW_TYPES[spec.kind]
+
+
+def is_nullable(spec: ColumnSpec, field: pa.Field) -> bool:
+    """The spec's ``nullable``, or by default the schema's nullability of the field (public metadata)."""
+    return field.nullable if spec.nullable is None else spec.nullable
+
+
+def other_value(values: Sequence, arrow_type: pa.DataType, other_label: Any = None) -> Any:
+    """How the "other" code of a categorical column is written out: a value every output of that Arrow type can hold.
+
+    A function of public facts only (the listed or DP-discovered values and the type), so it is post-processing.
+    Strings: ``other_label`` or ``"__other__"``. Integers: ``other_label``, else -1 when it is not a listed value and
+    the type holds it, else the smallest integer above the listed ones that the type holds (never a listed value while
+    one is free). Booleans: the one of false/true that is not listed; when both are, the code cannot arise from data
+    and is written as false."""
+    t = arrow_type.value_type if pa.types.is_dictionary(arrow_type) else arrow_type
+    if other_label is not None:
+        return other_label
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "__other__"
+    if pa.types.is_boolean(t):
+        missing = [b for b in (False, True) if b not in set(values)]
+        return missing[0] if missing else False
+    if pa.types.is_integer(t):
+        taken = {int(v) for v in values}
+        lo = -1 if pa.types.is_signed_integer(t) else 0
+        if lo not in taken:
+            return lo
+        top = np.iinfo(t.to_pandas_dtype()).max
+        candidate = max(taken) + 1
+        if candidate <= top:
+            return candidate
+        return next(v for v in range(lo, top) if v not in taken)
+    return None
+
+
+def build_column_domain(name: str, spec: ColumnSpec, field: pa.Field) -> ColumnDomain:
+    """Turn one column's spec into its domain, checking the kind against the source field's Arrow type."""
+    if spec.arrow_type is not None and arrow_type_from_str(spec.arrow_type) != field.type:
+        raise SpecError(
+            f"columns.{name}.arrow_type is {spec.arrow_type} but the source's schema says "
+            f"{arrow_type_to_str(field.type)}; remove arrow_type (it is for CSV sources) or make it match"
+        )
+    t = check_column_kind(name, spec, field.type)
+    base = {"name": name, "arrow_type": arrow_type_to_str(t), "nullable": is_nullable(spec, field)}
     if isinstance(spec, CategoricalColumn):
         if spec.values is None:
             raise SpecError(
@@ -271,7 +325,7 @@ def build_column_domain(name: str, spec: ColumnSpec, arrow_type: pa.DataType) ->
                 f"columns.{name}.values {spec.values[:5]}... cannot be read as {arrow_type_to_str(t)}, the column's "
                 "type in the source; write the values as that type"
             ) from None
-        return CategoricalDomain(**base, values=tuple(spec.values), other_label=spec.other_label)
+        return categorical_domain(name, spec, field, spec.values)
     if isinstance(spec, BooleanColumn):
         return BooleanDomain(**base)
     if isinstance(spec, IntegerColumn):
@@ -281,6 +335,22 @@ def build_column_domain(name: str, spec: ColumnSpec, arrow_type: pa.DataType) ->
     if isinstance(spec, DatetimeColumn):
         return BinnedDomain(**base, edges=tuple(datetime_edges(name, spec)), binned_kind="datetime")
     raise SpecError(f"column '{name}': unsupported kind {spec.kind}")  # pragma: no cover
+
+
+def categorical_domain(name: str, spec: CategoricalColumn, field: pa.Field, values: Sequence) -> CategoricalDomain:
+    """A categorical domain over ``values`` (public or DP-discovered); its "other" label is checked to be writable
+    as the column's type here, before any data is read (see :func:`other_value`)."""
+    t = check_column_kind(name, spec, field.type)
+    other = other_value(values, t, spec.other_label)
+    try:
+        pa.array([other]).cast(t)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        raise SpecError(
+            f"columns.{name}.other_label {spec.other_label!r} cannot be written as {arrow_type_to_str(t)}, the "
+            "column's type; give a label of that type"
+        ) from None
+    return CategoricalDomain(name, arrow_type_to_str(t), is_nullable(spec, field), values=tuple(values),
+                             other_label=other)
 
 
 def _missing_bounds(name: str) -> SpecError:
@@ -370,4 +440,4 @@ def check_columns(specs: dict[str, ColumnSpec], schema: pa.Schema) -> None:
 def build_table_domain(specs: dict[str, ColumnSpec], schema: pa.Schema) -> TableDomain:
     """Build the domain of every spec column from the spec and the source's schema; unknown columns are errors."""
     check_columns(specs, schema)
-    return TableDomain(tuple(build_column_domain(n, s, schema.field(n).type) for n, s in specs.items()))
+    return TableDomain(tuple(build_column_domain(n, s, schema.field(n)) for n, s in specs.items()))

@@ -22,6 +22,7 @@ from dpbeam.domain import (
     ColumnDomain,
     TableDomain,
     arrow_type_from_str,
+    other_value,
 )
 from dpbeam.errors import SourceError
 
@@ -105,10 +106,7 @@ def decode_column(codes: np.ndarray, col: ColumnDomain, rng: np.random.Generator
     target = arrow_type_from_str(col.arrow_type)
     null_mask = codes == col.null_code if col.nullable else None
     if isinstance(col, CategoricalDomain):
-        other = col.other_label
-        if other is None and (pa.types.is_string(target) or pa.types.is_large_string(target)):
-            other = "__other__"
-        table = pa.array(list(col.values) + [other], type=target)
+        table = pa.array(list(col.values) + [other_value(col.values, target, col.other_label)], type=target)
         safe = np.minimum(codes, col.n_values - 1)
         out = table.take(pa.array(safe))
     elif isinstance(col, BooleanDomain):

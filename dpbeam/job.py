@@ -18,16 +18,19 @@ from dpbeam.aggregate import Aggregation, MarginalCounts
 from dpbeam.bounding import BoundingKey
 from dpbeam.discovery import STAGE, DiscoveryStats, DiscoveryTask, RowsPerUnit, choose_k, select_bounds, select_values
 from dpbeam.domain import (
-    CategoricalDomain,
     ColumnDomain,
     TableDomain,
-    arrow_type_to_str,
     build_column_domain,
     build_table_domain,
+    categorical_domain,
     check_column_kind,
+    DEFAULT_BINS,
     check_columns,
+    is_nullable,
     is_open,
+    spec_arrow_type,
 )
+from dpbeam.first_pass import FirstPassChecks
 from dpbeam.errors import SpecError
 from dpbeam.measurements import MeasurementsArtifact
 from dpbeam.privacy.accountant import ZCDPAccountant
@@ -84,7 +87,8 @@ def plan_job(spec: JobSpec, check_outputs: bool = True, engine: str = "local", *
             raise SpecError(f"source.table {spec.source.table!r} is a catalog table: run it with the spark engine")
         source = engine_module("spark").catalog_source(spec.source.table, **options)
     else:
-        source = open_source(spec.source)
+        types = {n: spec_arrow_type(c) for n, c in spec.columns.items()}
+        source = open_source(spec.source, column_types=types)
     unit = spec.privacy.unit_column
     if unit is not None and unit not in source.schema.names:
         raise SpecError(
@@ -97,6 +101,9 @@ def plan_job(spec: JobSpec, check_outputs: bool = True, engine: str = "local", *
     if tasks and discovery is None:
         build_table_domain(specs, source.schema)  # raises the error that names the first open column
     domain = None if tasks else build_table_domain(specs, source.schema)
+    for t in tasks:  # what can be checked of an open column's future domain, before any noise
+        if t.kind == "categorical":
+            categorical_domain(t.column, specs[t.column], source.schema.field(t.column), ())
     source.check(list(specs) + ([unit] if unit else []))
     if check_outputs:
         lake.check_output_free(spec.output.uri, spec.output.overwrite, "output.uri")
@@ -131,8 +138,19 @@ def run_aggregation(
         )
 
 
+def first_pass(plan: JobPlan, aggregation: Aggregation) -> FirstPassChecks:
+    """Wrap the job's first aggregation so that every data check that can fail runs in it (see
+    :mod:`dpbeam.first_pass`)."""
+    schema = plan.source.schema
+    non_nullable = [n for n, s in plan.spec.columns.items() if not is_nullable(s, schema.field(n))]
+    return FirstPassChecks(aggregation, plan.columns, non_nullable)
+
+
 def discover(plan: JobPlan, engine: str, key: BoundingKey, reporter: Reporter, **options: Any) -> JobPlan:
-    """Fill in k and open column domains with DP (the ``discovery`` stage); a no-op when the spec gave them all."""
+    """Fill in k and open column domains with DP (the ``discovery`` stage); a no-op when the spec gave them all.
+
+    The first aggregation here is the job's first pass over the data, so it carries every check that can fail
+    (:func:`first_pass`); what follows the first noise draw never aborts on data."""
     if plan.domain is not None and plan.k is not None:
         return plan
     acc = plan.accountant
@@ -140,14 +158,15 @@ def discover(plan: JobPlan, engine: str, key: BoundingKey, reporter: Reporter, *
     rho = acc.allotted(STAGE) / shares
     k = plan.k
     if k is None:
-        counts = run_aggregation(plan, RowsPerUnit(), engine, key, reporter, k=UNBOUNDED, what="counting rows per unit",
-                                 **options)
+        counts = run_aggregation(plan, first_pass(plan, RowsPerUnit()), engine, key, reporter, k=UNBOUNDED,
+                                 what="counting rows per unit", **options)
         k = choose_k(counts, plan.spec.privacy.k_quantile, acc, rho)
         reporter.say(f"DP contribution bound: k = {k}")
     specs = dict(plan.spec.columns)
     if plan.tasks:
-        stats = run_aggregation(plan, DiscoveryStats(plan.tasks), engine, key, reporter, k=k,
-                                what="discovering domains", **options)
+        stats_agg = DiscoveryStats(plan.tasks)
+        stats = run_aggregation(plan, stats_agg if plan.k is None else first_pass(plan, stats_agg), engine, key,
+                                reporter, k=k, what="discovering domains", **options)
         n_cat = sum(t.kind == "categorical" for t in plan.tasks)
         for t in plan.tasks:
             s = specs[t.column]
@@ -158,10 +177,26 @@ def discover(plan: JobPlan, engine: str, key: BoundingKey, reporter: Reporter, *
                 reporter.say(f"DP domain of {t.column}: {len(values)} values")
             else:
                 lo, hi = select_bounds(stats[t.column], t.kind, k, acc, rho, t.column)
-                specs[t.column] = s.model_copy(update={"bounds": _bounds(t.kind, lo, hi)})
+                specs[t.column] = discovered_bounds_spec(s, lo, hi)
                 reporter.say(f"DP bounds of {t.column}: {specs[t.column].bounds}")
     domain = TableDomain(tuple(_discovered_domain(n, s, plan.source.schema) for n, s in specs.items()))
     return replace(plan, domain=domain, k=k)
+
+
+def discovered_bounds_spec(spec: ColumnSpec, lo: float, hi: float) -> ColumnSpec:
+    """The column's spec with DP-discovered bounds, and bins that always fit them (so building its domain cannot
+    fail after noise was drawn): a bin count (default ``DEFAULT_BINS``) never above the number of integers in
+    integer bounds; datetimes always by a bin count, never by a calendar granularity (which could ask for more bins
+    than a domain may hold)."""
+    bounds = _bounds(spec.kind, lo, hi)
+    update: dict[str, Any] = {"bounds": bounds}
+    if spec.kind == "integer":
+        n_values = bounds[1] - bounds[0] + 1
+        if isinstance(spec.bins, int) and spec.bins > n_values:
+            update["bins"] = n_values
+    elif spec.kind == "datetime":
+        update.update(bins=spec.bins or DEFAULT_BINS, granularity=None)
+    return spec.model_copy(update=update)
 
 
 def _bounds(kind: str, lo: float, hi: float) -> tuple:
@@ -176,9 +211,8 @@ def _discovered_domain(name: str, spec: ColumnSpec, schema: pa.Schema) -> Column
     """A column's domain once discovery has filled its spec in; a categorical column where no value passed the
     threshold keeps only its "other" code."""
     if isinstance(spec, CategoricalColumn) and spec.values == []:
-        t = check_column_kind(name, spec, schema.field(name).type)
-        return CategoricalDomain(name, arrow_type_to_str(t), spec.nullable, values=(), other_label=spec.other_label)
-    return build_column_domain(name, spec, schema.field(name).type)
+        return categorical_domain(name, spec, schema.field(name), ())
+    return build_column_domain(name, spec, schema.field(name))
 
 
 def privacy_record(plan: JobPlan) -> dict[str, Any]:

@@ -9,8 +9,9 @@ Files and directories whose names start with ``_`` or ``.`` (``_SUCCESS``, ``.cr
 
 from __future__ import annotations
 
+import csv
 from functools import cached_property
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -31,8 +32,12 @@ _PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 class Source:
     """An opened source: its files, its schema, and batches of the columns a job reads."""
 
-    def __init__(self, spec: SourceSpec):
+    def __init__(self, spec: SourceSpec, column_types: Mapping[str, pa.DataType] | None = None):
+        """``column_types``: the Arrow type of each column a CSV source is read as (from the spec, see
+        :func:`dpbeam.domain.spec_arrow_type`); columns not named are read as strings. Unused for Parquet, whose
+        schema is the files' metadata."""
         self.spec = spec
+        self.column_types = dict(column_types or {})
         self.format = spec.resolved_format
         self.fs, path = lake.filesystem(spec.uri)
         self.files = self._list(path)
@@ -69,10 +74,18 @@ class Source:
             if self.format == "parquet":
                 with self.fs.open(path, "rb") as f:
                     return pq.read_schema(f)
-            with self.fs.open(path, "rb") as f:
-                return pacsv.open_csv(f).schema
-        except (pa.ArrowInvalid, OSError) as err:
+            return self._csv_schema(path)
+        except (pa.ArrowInvalid, OSError, UnicodeDecodeError, csv.Error) as err:
             raise SourceError(f"cannot read {path} as {self.format}: {err}") from None
+
+    def _csv_schema(self, path: str) -> pa.Schema:
+        """A CSV file's schema from its header line and the spec's types: never inferred from the values (one
+        added row must not change a column's type). Every CSV field is nullable: an empty cell is a null."""
+        with self.fs.open(path, "rt", compression="infer", encoding="utf-8", newline="") as f:
+            header = next(csv.reader([f.readline()]), [])
+        if not header or any(not name for name in header):
+            raise pa.ArrowInvalid("the first line must name every column")
+        return pa.schema([pa.field(n, self.column_types.get(n, pa.string()), nullable=True) for n in header])
 
     @cached_property
     def schema(self) -> pa.Schema:
@@ -94,16 +107,19 @@ class Source:
             raise SourceError(f"source {self.spec.uri} has no rows; a synthetic table needs a non-empty source")
 
     def num_rows_upper_bound(self) -> int:
-        """Rows in the source (Parquet: from footers); for CSV, 0 or 1 depending on whether any row exists."""
+        """Rows in the source (Parquet: from footers); for CSV, 0 or 1 depending on whether any file has a line
+        after its header (no value is parsed here: parse errors belong to the job's first pass)."""
         if self.format == "parquet":
             total = 0
             for path in self.files:
                 with self.fs.open(path, "rb") as f:
                     total += pq.ParquetFile(f).metadata.num_rows
             return total
-        for batch in self.batches(self.schema.names[:1]):
-            if batch.num_rows:
-                return 1
+        for path in self.files:
+            with self.fs.open(path, "rt", compression="infer", encoding="utf-8", newline="") as f:
+                f.readline()
+                if any(line.strip() for line in f):
+                    return 1
         return 0
 
     def __getstate__(self) -> dict:
@@ -136,8 +152,10 @@ class Source:
                     if batch.num_rows:
                         yield batch
             return
-        fmt = ds.CsvFileFormat(convert_options=pacsv.ConvertOptions(column_types=self.schema))
-        scanner = ds.dataset([path], format=fmt, filesystem=self._arrow_fs).scanner(
+        # Types from the spec; an empty unquoted cell is null in every column (strings included).
+        convert = pacsv.ConvertOptions(column_types=self.schema, strings_can_be_null=True)
+        fmt = ds.CsvFileFormat(convert_options=convert)
+        scanner = ds.dataset([path], schema=self.schema, format=fmt, filesystem=self._arrow_fs).scanner(
             columns=list(columns), batch_size=batch_rows, batch_readahead=2
         )
         for batch in scanner.to_batches():
@@ -153,5 +171,5 @@ class Source:
             yield from self.split_batches((path, None), columns, batch_rows)
 
 
-def open_source(spec: SourceSpec) -> Source:
-    return Source(spec)
+def open_source(spec: SourceSpec, column_types: Mapping[str, pa.DataType] | None = None) -> Source:
+    return Source(spec, column_types)

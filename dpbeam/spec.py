@@ -35,17 +35,44 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class _Column(_Model):
+    """Fields every column kind has.
+
+    ``nullable``: whether nulls get their own code. Default: the source schema's nullability of the field (public
+    metadata), so a column the schema allows nulls in never needs a spec change. Set ``false`` on a nullable field
+    you know holds no nulls: a null found there then stops the job in its first pass over the data, before any noise
+    is drawn. ``arrow_type``: for CSV sources, the Arrow type the column is read as (default from the kind:
+    categorical string, integer int64, float float64, datetime timestamp[us], boolean bool). CSV types never come from
+    the values. For Parquet and catalog tables the schema is the table's metadata; a given arrow_type must match it.
+    """
+
+    nullable: bool | None = None
+    arrow_type: str | None = None
+
+    @field_validator("arrow_type")
+    @classmethod
+    def _parseable(cls, v: str | None) -> str | None:
+        if v is not None:
+            from dpbeam.domain import arrow_type_from_str
+
+            try:
+                arrow_type_from_str(v)
+            except (ValueError, KeyError, TypeError):
+                raise ValueError(f"arrow_type {v!r} is not an Arrow type name; use e.g. string, int64, float64, "
+                                 "date32, timestamp[us], bool") from None
+        return v
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Columns
 
 
-class CategoricalColumn(_Model):
+class CategoricalColumn(_Column):
     """A column of discrete values. ``values`` is the public domain; values seen in the data but not listed map
     to one "other" code. Without ``values`` the domain must be discovered with DP (needs a discovery budget)."""
 
     kind: Literal["categorical"]
     values: list[Union[str, int, bool]] | None = None
-    nullable: bool = False
     other_label: str | None = Field(
         default=None, description="How the 'other' code is written out; null when not set (strings get '__other__')."
     )
@@ -61,7 +88,7 @@ class CategoricalColumn(_Model):
         return v
 
 
-class IntegerColumn(_Model):
+class IntegerColumn(_Column):
     """Integers within public ``bounds`` [lo, hi] (inclusive; values outside are clamped).
 
     ``bins``: a number of equal-width bins or the list of bin edges (first = lo, last = hi + 1); by default one bin
@@ -70,7 +97,11 @@ class IntegerColumn(_Model):
     kind: Literal["integer"]
     bounds: tuple[int, int] | None = None
     bins: int | list[int] | None = None
-    nullable: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _edges_are_bounds(cls, data: Any) -> Any:
+        return _bounds_from_edges(data, upper_offset=1)
 
     @model_validator(mode="after")
     def _check(self) -> "IntegerColumn":
@@ -80,14 +111,18 @@ class IntegerColumn(_Model):
         return self
 
 
-class FloatColumn(_Model):
+class FloatColumn(_Column):
     """Real numbers within public ``bounds`` [lo, hi] (clamped), in ``bins`` equal-width bins (default 32) or
     between the listed edges (first = lo, last = hi)."""
 
     kind: Literal["float"]
     bounds: tuple[float, float] | None = None
     bins: int | list[float] | None = None
-    nullable: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _edges_are_bounds(cls, data: Any) -> Any:
+        return _bounds_from_edges(data, upper_offset=0)
 
     @model_validator(mode="after")
     def _check(self) -> "FloatColumn":
@@ -100,7 +135,7 @@ class FloatColumn(_Model):
 Granularity = Literal["second", "minute", "hour", "day", "week", "month", "year"]
 
 
-class DatetimeColumn(_Model):
+class DatetimeColumn(_Column):
     """Timestamps or dates within public ``bounds`` [start, end] (clamped), binned by calendar ``granularity`` or
     into ``bins`` equal-width bins. Naive timestamps are read as UTC."""
 
@@ -108,7 +143,6 @@ class DatetimeColumn(_Model):
     bounds: tuple[_dt.datetime, _dt.datetime] | None = None
     granularity: Granularity | None = None
     bins: int | None = None
-    nullable: bool = False
 
     @field_validator("bounds", mode="before")
     @classmethod
@@ -131,16 +165,24 @@ class DatetimeColumn(_Model):
         return self
 
 
-class BooleanColumn(_Model):
+class BooleanColumn(_Column):
     """True/false."""
 
     kind: Literal["boolean"]
-    nullable: bool = False
 
 
 ColumnSpec = Annotated[
     Union[CategoricalColumn, IntegerColumn, FloatColumn, DatetimeColumn, BooleanColumn], Field(discriminator="kind")
 ]
+
+
+def _bounds_from_edges(data: Any, upper_offset: int) -> Any:
+    """Listed bin edges fix the bounds (first edge .. last edge - upper_offset): a column with edges is not open."""
+    if isinstance(data, dict) and data.get("bounds") is None and isinstance(data.get("bins"), list):
+        edges = data["bins"]
+        if len(edges) >= 2 and all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in edges):
+            return {**data, "bounds": [edges[0], edges[-1] - upper_offset]}
+    return data
 
 
 def _check_bins(bins: int | list | None, bounds: tuple | None) -> None:

@@ -31,7 +31,8 @@ def small_table(n: int = 2000, seed: int = 0, units: int | None = None) -> pa.Ta
         # heavy-tailed rows per user: most have 1-3 rows, a few have many
         weights = rng.pareto(1.2, units) + 1
         cols = {"user_id": pa.array(rng.choice(units, size=n, p=weights / weights.sum()).astype(np.int64)), **cols}
-    return pa.table(cols)
+    # NOT NULL in the schema (public metadata): the columns get no null code unless a spec says nullable: true
+    return pa.table(cols, schema=pa.schema([pa.field(n, a.type, nullable=False) for n, a in cols.items()]))
 
 
 def small_spec(source: str, out: str, **privacy) -> dict:

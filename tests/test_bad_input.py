@@ -157,7 +157,7 @@ def test_null_in_non_nullable_column(good, tmp_path):
     path = tmp_path / "nulls.parquet"
     pq.write_table(pa.table({"color": pa.array(["red", None, "blue"])}), path)
     good["source"]["uri"] = str(path)
-    good["columns"] = {"color": good["columns"]["color"]}
+    good["columns"] = {"color": {**good["columns"]["color"], "nullable": False}}
     _expect(good, SourceError, "color", "nullable: true")
     _nothing_written(good)
 

@@ -150,7 +150,7 @@ def test_no_value_passes_the_threshold(tmp_path):
         "source": {"uri": str(tmp_path / "t.parquet")},
         "privacy": {"unit": {"column": "user_id"}, "epsilon": 1.0, "delta": 1e-6, "max_rows_per_unit": 1,
                     "discovery_fraction": 0.3},
-        "columns": {"country": {"kind": "categorical"}, "x": {"kind": "integer", "bounds": [0, 2]}},
+        "columns": {"country": {"kind": "categorical", "nullable": False}, "x": {"kind": "integer", "bounds": [0, 2]}},
         "synthesizer": {"method": "mst", "iters": 50},
         "output": {"uri": str(tmp_path / "out"), "rows": 100},
     })
