@@ -1,18 +1,30 @@
-"""DP discovery of what the spec leaves open: categorical values, numeric bounds, and the contribution bound k.
+"""DP discovery of what the spec leaves open: categorical values, numeric bins, and the contribution bound k.
 
 Each discovery is two halves. An :class:`~dpbeam.aggregate.Aggregation` computes exact, mergeable statistics on
 the engine (next to the data); a DP selection on the driver turns them into public domain facts, charged to the
 ``discovery`` stage of the budget plan. The statistics never leave the trusted side.
 
+Per-unit sampling. Every statistic about column values is computed on a sample of at most ``m`` rows per unit
+(``privacy.discovery_rows_per_unit``, default 1), chosen by the same keyed hash as contribution bounding (run the
+aggregation with bound ``m``). A unit then adds at most m values to a histogram and touches at most m distinct values
+of a categorical column, so every sensitivity below is m, not k: with k = 178 rows per unit, a 16-value column needs
+~178x fewer units to pass the threshold than if each unit counted k times.
+
 - **k** (``max_rows_per_unit: auto``): a histogram of units by their number of rows, over a public geometric grid,
-  released with Gaussian noise (a unit is one count in one cell: L2 sensitivity 1); k is the q-quantile (default
-  q = 0.9) of the noisy histogram (see :func:`noisy_quantiles`).
-- **categorical values**: after bounding to k rows per unit, each value's number of distinct units; values are kept by
-  OpenDP's Gaussian thresholding (Rogers 2023): a unit touches at most k values (L0 = k) and adds 1 to each
-  (L_inf = 1), so L2 <= sqrt(k). Thresholding is approximate zCDP: it spends rho and a part of delta.
-- **numeric / datetime bounds**: after bounding, counts of values in the cells of a public grid (log-spaced for
-  numbers, monthly for dates), released with Gaussian noise (a unit adds at most k values: L2 sensitivity k); the
-  bounds are the grid edges around the 0.01- and 0.99-quantiles of the noisy histogram.
+  released with Gaussian noise (a unit is one count in one cell: L2 sensitivity 1); k minimizes the expected error of
+  the marginals measured later, rows lost to bounding against noise that grows with k (see :func:`choose_k`).
+- **categorical values**: each value's number of distinct units in the sample; values are kept by OpenDP's Gaussian
+  thresholding (Rogers 2023): a unit touches at most m values (L0 = m) and adds 1 to each (L_inf = 1). Thresholding
+  is approximate zCDP: it spends rho and a part of delta.
+- **numeric / datetime bins**: two releases. A coarse histogram on a public grid (log-spaced magnitudes for
+  numbers, months for dates; L2 sensitivity m) gives a range; a hierarchical (binary tree) histogram over a fine
+  linear grid of that range (L2 sensitivity m sqrt(depth)) answers every quantile at once, and the bins are
+  equal-frequency: edges at DP quantiles. Integer columns whose range holds no more integers than bins get one bin
+  per value.
+
+Budget rule (:func:`discovery_shares`): every release that decides a domain gets the same share of the discovery
+budget: the k histogram one share, each categorical column one share, each numeric column one share for its
+quantile tree and half a share for its coarse range (it needs only an order of magnitude).
 """
 
 from __future__ import annotations
@@ -39,6 +51,8 @@ NUMBER_GRID = np.unique(np.concatenate([-_MAG[::-1], [0.0], _MAG]))
 DATETIME_GRID = (
     np.arange(np.datetime64("1900-01"), np.datetime64("2101-01")).astype("datetime64[us]").astype(np.int64)
 )
+TREE_DEPTH = 10  # fine grids of 2^10 = 1024 leaves
+COARSE_WEIGHT, FINE_WEIGHT = 0.5, 1.0
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -90,6 +104,34 @@ class DiscoveryTask:
     kind: str
 
 
+@dataclass(frozen=True)
+class FineGrid:
+    """A public linear grid of ``leaves`` cells of width ``width`` from ``lo`` (a power of two, for the tree).
+    Values below or above it land in the first or last cell."""
+
+    lo: float
+    width: float
+    leaves: int = 1 << TREE_DEPTH
+
+    def cells(self, x: np.ndarray) -> np.ndarray:
+        return np.clip(np.floor((x - self.lo) / self.width), 0, self.leaves - 1).astype(np.int64)
+
+    def edge(self, i: int) -> float:
+        """The lower edge of cell i (i = leaves: the upper edge of the last cell)."""
+        return self.lo + i * self.width
+
+    @classmethod
+    def over(cls, kind: str, lo: float, hi: float) -> "FineGrid":
+        """The fine grid over a discovered range: integers one value per cell when the range fits the leaves."""
+        leaves = 1 << TREE_DEPTH
+        if kind in ("integer", "datetime") and hi - lo + 1 <= leaves:
+            return cls(float(math.floor(lo)), 1.0, leaves)
+        return cls(float(lo), max((hi - lo) / leaves, 1e-12 * max(abs(lo), abs(hi), 1.0)), leaves)
+
+    def to_json(self) -> dict[str, float]:
+        return {"lo": self.lo, "width": self.width, "leaves": self.leaves}
+
+
 def _numeric_values(arr: pa.Array, kind: str) -> np.ndarray:
     """Non-null values as float64 (datetimes: microseconds since the epoch)."""
     if isinstance(arr, pa.ChunkedArray):
@@ -101,7 +143,8 @@ def _numeric_values(arr: pa.Array, kind: str) -> np.ndarray:
         t = arr.type
         target = pa.timestamp("us") if pa.types.is_date(t) else pa.timestamp("us", tz=t.tz)
         return arr.cast(target, safe=False).cast(pa.int64()).to_numpy().astype(np.float64)
-    return arr.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    x = arr.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    return x[np.isfinite(x)]
 
 
 def grid_for(kind: str) -> np.ndarray:
@@ -109,14 +152,16 @@ def grid_for(kind: str) -> np.ndarray:
 
 
 class DiscoveryStats:
-    """Exact statistics for a set of discovery tasks over the bounded table.
+    """Exact statistics for a set of discovery tasks over the per-unit sample (run with bound m).
 
-    Summary: {column: Counter(value -> distinct units)} for categorical tasks and {column: int64 counts per grid cell,
-    cell i holding values in (grid[i-1], grid[i]]} for numeric ones. The bounding keys are per-column hashes of the
-    raw values, so each unit's kept rows are a function of its own rows and the run key."""
+    Without ``fine``: {column: Counter(value -> distinct units)} for categorical tasks and {column: int64 counts per
+    coarse grid cell, cell i holding values in (grid[i-1], grid[i]]} for numeric ones. With ``fine`` ({column:
+    FineGrid}): {column: int64 counts per fine-grid leaf} for those columns only. The bounding keys are per-column
+    hashes of the raw values, so each unit's sampled rows are a function of its own rows and the run key."""
 
-    def __init__(self, tasks: Sequence[DiscoveryTask]):
-        self.tasks = list(tasks)
+    def __init__(self, tasks: Sequence[DiscoveryTask], fine: dict[str, FineGrid] | None = None):
+        self.fine = fine
+        self.tasks = [t for t in tasks if fine is None or t.column in fine]
         self.columns = [t.column for t in self.tasks]
 
     def prepare(self, batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -136,7 +181,10 @@ class DiscoveryStats:
         out: dict[str, Any] = {}
         for t in self.tasks:
             arr = prepared.column(t.column)
-            if t.kind == "categorical":
+            if self.fine is not None:
+                grid = self.fine[t.column]
+                out[t.column] = np.bincount(grid.cells(_numeric_values(arr, t.kind)), minlength=grid.leaves)
+            elif t.kind == "categorical":
                 if pa.types.is_dictionary(arr.type):
                     arr = arr.dictionary_decode()
                 present = pc.is_valid(arr).to_numpy(zero_copy_only=False)
@@ -157,8 +205,28 @@ class DiscoveryStats:
         return {c: a[c] + b[c] for c in a}
 
     def zero(self) -> dict[str, Any]:
+        if self.fine is not None:
+            return {t.column: np.zeros(self.fine[t.column].leaves, np.int64) for t in self.tasks}
         return {t.column: Counter() if t.kind == "categorical" else np.zeros(len(grid_for(t.kind)), np.int64)
                 for t in self.tasks}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The budget rule
+
+
+def discovery_shares(tasks: Sequence[DiscoveryTask], k_auto: bool) -> dict[tuple[str, str], float]:
+    """Fractions of the discovery budget per release: ("k", "") for the rows-per-unit histogram, (column, "values")
+    for a categorical column, (column, "range") and (column, "bins") for a numeric one. See the module doc."""
+    weights: dict[tuple[str, str], float] = {("k", ""): 1.0} if k_auto else {}
+    for t in tasks:
+        if t.kind == "categorical":
+            weights[(t.column, "values")] = 1.0
+        else:
+            weights[(t.column, "range")] = COARSE_WEIGHT
+            weights[(t.column, "bins")] = FINE_WEIGHT
+    total = sum(weights.values())
+    return {key: w / total for key, w in weights.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -167,13 +235,15 @@ class DiscoveryStats:
 
 def noisy_quantiles(
     cell_counts: np.ndarray, sensitivity: float, rho: float, qs: Sequence[float]
-) -> tuple[list[int], float, float]:
+) -> tuple[list[int], float, float, np.ndarray]:
     """DP quantiles of values summarized by exact counts per public grid cell.
 
-    One discrete Gaussian release of the cell counts (L2 sensitivity ``sensitivity``: one unit adds at most that many
-    values, in the worst case all to one cell), then post-processing only: cells whose noisy count is below a cut-off
-    are zeroed (so the many empty cells of a wide grid add no false mass), and for each q the answer is the first cell
-    where the cumulative count reaches q times the total. Returns (cell indices, rho spent, sigma).
+    Protects: the cell counts, of L2 sensitivity ``sensitivity`` (one unit adds at most that many values, in the
+    worst case all to one cell). One discrete Gaussian release of scale sigma = sensitivity / sqrt(2 rho), so it
+    costs rho (OpenDP's map). Then post-processing only: cells whose noisy count is below a cut-off are zeroed (so the
+    many empty cells of a wide grid add no false mass), and for each q the answer is the first cell where the
+    cumulative count reaches q times the total. Returns (cell indices, rho spent, sigma, the noisy counts after the
+    cut-off).
     The cut-off is sigma sqrt(2 ln(100 cells)): by the Gaussian tail bound the expected number of empty cells whose
     noise passes it is at most 0.01, whatever the size of the grid.
 
@@ -188,16 +258,101 @@ def noisy_quantiles(
         kept[int(np.argmax(noisy))] = 1.0
     cdf = np.cumsum(kept) / kept.sum()
     cells = [int(min(np.searchsorted(cdf, q - 1e-12, side="left"), len(cdf) - 1)) for q in qs]
-    return cells, spent, sigma
+    return cells, spent, sigma, kept
 
 
-def choose_k(rows_per_unit: np.ndarray, q: float, accountant: ZCDPAccountant, rho: float) -> int:
-    """k = a DP q-quantile of rows per unit (sensitivity 1: a unit is one count in one cell)."""
-    (cell,), spent, sigma = noisy_quantiles(rows_per_unit, 1.0, rho, [q])
-    k = int(K_GRID[cell])
+def tree_levels(leaf_counts: np.ndarray) -> list[np.ndarray]:
+    """The exact counts of every level of the binary tree over the leaves, root first."""
+    levels = [np.asarray(leaf_counts, dtype=np.int64)]
+    while len(levels[-1]) > 1:
+        x = levels[-1]
+        levels.append(x[0::2] + x[1::2])
+    return levels[::-1]
+
+
+def tree_quantiles(
+    leaf_counts: np.ndarray, sensitivity: float, rho: float, qs: Sequence[float]
+) -> tuple[list[int], float, float]:
+    """DP quantiles from one release of a hierarchical histogram (Hay et al. 2010; Qardaji et al. 2013).
+
+    Protects: the counts of every node of a binary tree over ``leaf_counts`` (a power-of-two number of cells). One
+    unit adds at most ``sensitivity`` = m values, each to one node per level, so the L2 sensitivity of the whole
+    release (all D levels below the root) is m sqrt(D); every node gets discrete Gaussian noise of scale
+    sigma = m sqrt(D) / sqrt(2 rho), which costs rho. The root is not released.
+
+    Post-processing: a quantile walks down from the root, at each node splitting the remaining mass between the
+    children in proportion to their noisy counts (counts below sigma sqrt(2 ln(nodes)) read as 0, so that the noise
+    of the many empty nodes of a padded grid adds no false mass: by the Gaussian tail bound fewer than one empty node
+    passes in expectation), so each answer sums only D noisy counts
+    (error ~ sigma sqrt(D)) instead of up to 2^D for a flat histogram's prefix. Returns (leaf index per q, rho spent,
+    sigma)."""
+    levels = tree_levels(leaf_counts)[1:]
+    depth = len(levels)
+    l2 = float(sensitivity) * math.sqrt(depth)
+    sigma = gaussian_sigma(rho, l2)
+    flat = np.concatenate(levels)
+    noisy_flat, spent = add_discrete_gaussian(flat, sigma, l2)
+    cut = sigma * math.sqrt(2 * math.log(len(flat)))
+    noisy, start = [], 0
+    for lv in levels:
+        node_counts = noisy_flat[start:start + len(lv)].astype(np.float64)
+        noisy.append(np.where(node_counts >= cut, node_counts, 0.0))
+        start += len(lv)
+    out = []
+    for q in qs:
+        node, target, mass = 0, q, 1.0  # target and mass as fractions of the root
+        for lv in noisy:
+            left, right = lv[2 * node], lv[2 * node + 1]
+            share = 0.5 if left + right <= 0 else left / (left + right)
+            if target <= mass * share or right <= 0 < left:
+                node, mass = 2 * node, mass * share
+            else:
+                node, target, mass = 2 * node + 1, target - mass * share, mass * (1 - share)
+        out.append(node)
+    return out, spent, sigma
+
+
+def choose_k(
+    rows_per_unit: np.ndarray,
+    q: float,
+    accountant: ZCDPAccountant,
+    rho: float,
+    sigma_per_row: float,
+    cells: float,
+) -> tuple[int, float]:
+    """k for accuracy: the k that minimizes the expected error of a measured marginal (Amin et al. 2019, "Bounding
+    User Contributions: A Bias-Variance Trade-off in Differential Privacy"), never above the DP q-quantile of rows per
+    unit. Returns (k, expected share of rows kept).
+
+    Protects: the histogram of units by rows per unit on ``K_GRID`` (a unit is one count in one cell: L2 sensitivity
+    1); one discrete Gaussian release costs ``rho``. Everything after is post-processing of that noisy histogram h
+    (after the cut-off of :func:`noisy_quantiles`, so that noise in the many empty cells of long rows adds no rows):
+    rows kept at k, R(k) = sum_c h(c) min(c, k), of N = R(inf), and the error of a marginal of ``cells`` cells whose
+    counts get noise of scale k * ``sigma_per_row``:
+
+        err(k) = (N - R(k)) / (2 N)  +  cells * k * sigma_per_row * sqrt(2/pi) / (2 R(k))
+
+    the first term the total-variation distance that dropping rows can cause at most half of (rows lost from heavy
+    units shift a marginal by at most half their share when those rows resemble the kept ones in part), the second
+    the expected TVD of Gaussian noise. With many units the noise term vanishes and k reaches the q-quantile; with
+    few units and many rows each, k stays small."""
+    (cell,), spent, sigma, h = noisy_quantiles(rows_per_unit, 1.0, rho, [q])
+    k_cap = int(K_GRID[cell])
+    # a unit in cell i has between grid[i-1] + 1 and grid[i] rows: read it as the middle of that range
+    rows = (np.concatenate([[0], K_GRID[:-1]]) + 1 + K_GRID) / 2.0
+    total = float(np.sum(h * rows))
+    best, best_err, kept_share = 1, math.inf, 1.0
+    if total > 0:
+        for k in K_GRID[K_GRID <= k_cap]:
+            kept = float(np.sum(h * np.minimum(rows, k)))
+            if kept <= 0:
+                continue
+            err = (total - kept) / (2 * total) + cells * k * sigma_per_row * math.sqrt(2 / math.pi) / (2 * kept)
+            if err < best_err:
+                best, best_err, kept_share = int(k), err, kept / total
     accountant.charge(STAGE, "discrete Gaussian (histogram of rows per unit)", spent, sigma=sigma, sensitivity_l2=1,
-                      quantile=q, chosen_k=k)
-    return k
+                      quantile_cap=q, chosen_k=best)
+    return best, kept_share
 
 
 def _threshold_for(meas_factory, d_in, delta: float) -> int:
@@ -213,20 +368,29 @@ def _threshold_for(meas_factory, d_in, delta: float) -> int:
     return hi
 
 
+@dataclass(frozen=True)
+class ValueSelection:
+    values: list
+    threshold: int
+    sigma: float
+
+
 def select_values(
-    counts: Counter, value_type: pa.DataType, k: int, accountant: ZCDPAccountant, rho: float, delta: float, column: str
-) -> list:
+    counts: Counter, value_type: pa.DataType, m: int, accountant: ZCDPAccountant, rho: float, delta: float, column: str
+) -> ValueSelection:
     """Values whose noisy distinct-unit count passes OpenDP's Gaussian threshold, most frequent first.
 
-    d_in = (L0 = k, L2 = ceil(sqrt k), L_inf = 1), which OpenDP charges as L2 = sqrt(L0) L_inf = sqrt(k); the scale
-    spends ``rho`` and the threshold is the smallest that keeps the thresholding's delta within ``delta``."""
+    Protects: the distinct-unit count of each value in the per-unit sample of at most ``m`` rows, so one unit adds 1
+    to at most m values: d_in = (L0 = m, L2 = ceil(sqrt m), L_inf = 1), which OpenDP charges as L2 = sqrt(L0) L_inf =
+    sqrt(m). The scale spends ``rho``; the threshold is the smallest that keeps the thresholding's delta within
+    ``delta`` (approximate zCDP)."""
     is_int = pa.types.is_integer(value_type)
     key_t = dp.i64 if is_int else str
     space = dp.map_domain(dp.atom_domain(T=key_t), dp.atom_domain(T=dp.i64)), dp.l02inf_distance(
         dp.absolute_distance(T=dp.i64)
     )
-    d_in = (int(k), int(math.ceil(math.sqrt(k))), 1)
-    scale = gaussian_sigma(rho, math.sqrt(k))  # OpenDP charges by min(L2, sqrt(L0) L_inf) = sqrt(k)
+    d_in = (int(m), int(math.ceil(math.sqrt(m))), 1)
+    scale = gaussian_sigma(rho, math.sqrt(m))  # OpenDP charges by min(L2, sqrt(L0) L_inf) = sqrt(m)
 
     def make(threshold: int):
         return dp.m.make_gaussian_threshold(*space, scale=scale, threshold=threshold)
@@ -239,19 +403,57 @@ def select_values(
     accountant.charge(STAGE, "Gaussian thresholding (partition selection)", float(spent_rho),
                       delta=float(spent_delta), clique=[column], sigma=scale, threshold=threshold,
                       sensitivity=list(d_in))
-    return [v for v, _ in sorted(released.items(), key=lambda kv: (-kv[1], str(kv[0])))]
+    values = [v for v, _ in sorted(released.items(), key=lambda kv: (-kv[1], str(kv[0])))]
+    return ValueSelection(values, threshold, scale)
 
 
-def select_bounds(
-    cell_counts: np.ndarray, kind: str, k: int, accountant: ZCDPAccountant, rho: float, column: str
-) -> tuple[float, float]:
-    """(low, high): the grid edges around the DP 0.01- and 0.99-quantiles (cell i spans (grid[i-1], grid[i]])."""
+def select_range(
+    cell_counts: np.ndarray, kind: str, m: int, accountant: ZCDPAccountant, rho: float, column: str
+) -> FineGrid:
+    """The fine grid to search for bins in: the coarse-grid edges around the DP 0.01- and 0.99-quantiles (cell i
+    spans (grid[i-1], grid[i]]), see :func:`noisy_quantiles`; L2 sensitivity ``m`` (the per-unit sample)."""
     grid = grid_for(kind)
-    (lo_cell, hi_cell), spent, sigma = noisy_quantiles(cell_counts, float(k), rho, [LOW_Q, HIGH_Q])
+    (lo_cell, hi_cell), spent, sigma, _ = noisy_quantiles(cell_counts, float(m), rho, [LOW_Q, HIGH_Q])
     accountant.charge(STAGE, "discrete Gaussian (histogram on a public grid)", spent, clique=[column], sigma=sigma,
-                      sensitivity_l2=k, quantiles=[LOW_Q, HIGH_Q])
+                      sensitivity_l2=m, quantiles=[LOW_Q, HIGH_Q])
     lo = float(grid[max(lo_cell - 1, 0)])
     hi = float(grid[hi_cell])
     if hi <= lo:
         hi = float(grid[min(hi_cell + 1, len(grid) - 1)])
-    return lo, hi
+    return FineGrid.over(kind, lo, hi)
+
+
+def select_edges(
+    leaf_counts: np.ndarray,
+    grid: FineGrid,
+    kind: str,
+    bins: int,
+    m: int,
+    accountant: ZCDPAccountant,
+    rho: float,
+    column: str,
+) -> list:
+    """Equal-frequency bin edges at DP quantiles (see :func:`tree_quantiles`; L2 sensitivity m sqrt(depth)).
+
+    The outer edges are the 0.01- and 0.99-quantiles (values beyond are clamped into the end bins); the inner ones
+    the quantiles at equal steps between. Edges that coincide merge, so a point mass is one bin. Integers: edges are
+    whole numbers, and a range that holds at most ``bins`` integers gets one bin per value. Datetimes: microseconds
+    since the epoch."""
+    qs = [LOW_Q + (HIGH_Q - LOW_Q) * j / bins for j in range(bins + 1)]
+    leaves, spent, sigma = tree_quantiles(leaf_counts, float(m), rho, qs)
+    accountant.charge(STAGE, "discrete Gaussian (hierarchical histogram on a public grid)", spent, clique=[column],
+                      sigma=sigma, sensitivity_l2=m * math.sqrt(TREE_DEPTH), bins=bins)
+    lo, hi = grid.edge(leaves[0]), grid.edge(leaves[-1] + 1)
+    inner = [grid.edge(i + 1) for i in leaves[1:-1]]
+    if kind in ("integer", "datetime"):
+        lo_i, hi_i = math.floor(lo), math.ceil(hi) - (1 if grid.width == 1.0 else 0)
+        hi_i = max(hi_i, lo_i)
+        if kind == "integer" and hi_i - lo_i + 1 <= bins:
+            return list(range(lo_i, hi_i + 2))
+        end = hi_i + 1
+        edges = sorted({lo_i, end, *(int(round(e)) for e in inner if lo_i < round(e) < end)})
+        return edges
+    edges = sorted({lo, hi, *(e for e in inner if lo < e < hi)})
+    if len(edges) < 2:
+        edges = [lo, lo + grid.width]
+    return edges

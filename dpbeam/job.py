@@ -7,43 +7,54 @@ the privacy-unit column, and that neither output location already holds data. On
 from __future__ import annotations
 
 import datetime as _dt
-import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import pyarrow as pa
+import numpy as np
 
 from dpbeam import lake
 from dpbeam.aggregate import Aggregation, MarginalCounts
 from dpbeam.bounding import BoundingKey
-from dpbeam.discovery import STAGE, DiscoveryStats, DiscoveryTask, RowsPerUnit, choose_k, select_bounds, select_values
+from dpbeam.discovery import (
+    STAGE,
+    DiscoveryStats,
+    DiscoveryTask,
+    RowsPerUnit,
+    choose_k,
+    discovery_shares,
+    select_edges,
+    select_range,
+    select_values,
+)
 from dpbeam.domain import (
+    BinnedDomain,
     ColumnDomain,
     TableDomain,
+    arrow_type_to_str,
     build_column_domain,
     build_table_domain,
     categorical_domain,
     check_column_kind,
-    DEFAULT_BINS,
     check_columns,
     is_nullable,
     is_open,
     spec_arrow_type,
 )
-from dpbeam.first_pass import FirstPassChecks
 from dpbeam.errors import SpecError
+from dpbeam.first_pass import FirstPassChecks
 from dpbeam.measurements import MeasurementsArtifact
 from dpbeam.privacy.accountant import ZCDPAccountant
 from dpbeam.privacy.mst import mst_plan, required_cliques, run_mst
-from dpbeam.privacy.noise import noise_is_off
+from dpbeam.privacy.noise import gaussian_sigma, noise_is_off
 from dpbeam.privacy.refine import decide_refinement, run_refinement
 from dpbeam.progress import Reporter
 from dpbeam.source import Source, open_source
-from dpbeam.spec import CategoricalColumn, ColumnSpec, JobSpec
+from dpbeam.spec import JobSpec
 from dpbeam.versions import library_versions
 
 ENGINES = ("local", "beam", "spark")
 UNBOUNDED = 1 << 62  # "k" for passes that must see every row of a unit
+DISCOVERED_BINS = 16  # equal-frequency bins of a numeric column left open, unless the spec gives bins
 
 
 def engine_module(name: str):
@@ -70,6 +81,8 @@ class JobPlan:
     domain: TableDomain | None
     k: int | None
     tasks: list[DiscoveryTask] = field(default_factory=list)
+    expected_rows_kept: float | None = None  # DP estimate, when k was chosen by DP
+    diagnostics: list[str] = field(default_factory=list)  # what discovery could not do, and what to change
 
     @property
     def unit_column(self) -> str | None:
@@ -147,72 +160,99 @@ def first_pass(plan: JobPlan, aggregation: Aggregation) -> FirstPassChecks:
 
 
 def discover(plan: JobPlan, engine: str, key: BoundingKey, reporter: Reporter, **options: Any) -> JobPlan:
-    """Fill in k and open column domains with DP (the ``discovery`` stage); a no-op when the spec gave them all.
+    """Fill in k and open column domains with DP (the ``discovery`` stage; see :mod:`dpbeam.discovery`); a no-op
+    when the spec gave them all.
 
     The first aggregation here is the job's first pass over the data, so it carries every check that can fail
-    (:func:`first_pass`); what follows the first noise draw never aborts on data."""
+    (:func:`first_pass`); what follows the first noise draw never aborts on data. A column whose discovery found
+    little (no value above the threshold, one bin) is reported and recorded in the plan's diagnostics."""
     if plan.domain is not None and plan.k is not None:
         return plan
-    acc = plan.accountant
-    shares = len(plan.tasks) + (plan.k is None)
-    rho = acc.allotted(STAGE) / shares
-    k = plan.k
+    acc, privacy = plan.accountant, plan.spec.privacy
+    m = privacy.discovery_rows_per_unit if plan.unit_column else 1
+    rho = {part: acc.allotted(STAGE) * f for part, f in discovery_shares(plan.tasks, plan.k is None).items()}
+    checked: list[bool] = []  # the first aggregation run here carries the first-pass checks
+
+    def first(aggregation: Aggregation) -> Aggregation:
+        if checked:
+            return aggregation
+        checked.append(True)
+        return first_pass(plan, aggregation)
+
+    k, kept_share, notes = plan.k, plan.expected_rows_kept, list(plan.diagnostics)
     if k is None:
-        counts = run_aggregation(plan, first_pass(plan, RowsPerUnit()), engine, key, reporter, k=UNBOUNDED,
+        counts = run_aggregation(plan, first(RowsPerUnit()), engine, key, reporter, k=UNBOUNDED,
                                  what="counting rows per unit", **options)
-        k = choose_k(counts, plan.spec.privacy.k_quantile, acc, rho)
-        reporter.say(f"DP contribution bound: k = {k}")
+        sigma_row, cells = _marginal_noise_per_row(plan)
+        k, kept_share = choose_k(counts, privacy.k_quantile, acc, rho[("k", "")], sigma_row, cells)
+        reporter.say(f"DP contribution bound: k = {k} (expected share of rows kept: {kept_share:.0%})")
+    schema = plan.source.schema
     specs = dict(plan.spec.columns)
+    domains: dict[str, ColumnDomain] = {}
     if plan.tasks:
-        stats_agg = DiscoveryStats(plan.tasks)
-        stats = run_aggregation(plan, stats_agg if plan.k is None else first_pass(plan, stats_agg), engine, key,
-                                reporter, k=k, what="discovering domains", **options)
+        stats = run_aggregation(plan, first(DiscoveryStats(plan.tasks)), engine, key, reporter, k=m,
+                                what="discovering domains", **options)
         n_cat = sum(t.kind == "categorical" for t in plan.tasks)
+        grids = {}
         for t in plan.tasks:
-            s = specs[t.column]
+            s, f = specs[t.column], schema.field(t.column)
             if t.kind == "categorical":
-                value_type = check_column_kind(t.column, s, plan.source.schema.field(t.column).type)
-                values = select_values(stats[t.column], value_type, k, acc, rho, acc.delta_reserved / n_cat, t.column)
-                specs[t.column] = s.model_copy(update={"values": values})
-                reporter.say(f"DP domain of {t.column}: {len(values)} values")
+                value_type = check_column_kind(t.column, s, f.type)
+                chosen = select_values(stats[t.column], value_type, m, acc, rho[(t.column, "values")],
+                                       acc.delta_reserved / n_cat, t.column)
+                domains[t.column] = categorical_domain(t.column, s, f, chosen.values)
+                reporter.say(f"DP domain of {t.column}: {len(chosen.values)} values")
+                if len(chosen.values) <= 1:
+                    notes.append(_few_values_note(t.column, len(chosen.values), chosen.threshold))
             else:
-                lo, hi = select_bounds(stats[t.column], t.kind, k, acc, rho, t.column)
-                specs[t.column] = discovered_bounds_spec(s, lo, hi)
-                reporter.say(f"DP bounds of {t.column}: {specs[t.column].bounds}")
-    domain = TableDomain(tuple(_discovered_domain(n, s, plan.source.schema) for n, s in specs.items()))
-    return replace(plan, domain=domain, k=k)
+                grids[t.column] = select_range(stats[t.column], t.kind, m, acc, rho[(t.column, "range")], t.column)
+        if grids:
+            fine = run_aggregation(plan, DiscoveryStats(plan.tasks, fine=grids), engine, key, reporter, k=m,
+                                   what="discovering bins", **options)
+            for t in plan.tasks:
+                if t.column not in grids:
+                    continue
+                s, f = specs[t.column], schema.field(t.column)
+                bins = s.bins if isinstance(s.bins, int) else DISCOVERED_BINS
+                edges = select_edges(fine[t.column], grids[t.column], t.kind, bins, m, acc,
+                                     rho[(t.column, "bins")], t.column)
+                value_type = check_column_kind(t.column, s, f.type)
+                domains[t.column] = BinnedDomain(t.column, arrow_type_to_str(value_type), is_nullable(s, f),
+                                                 edges=tuple(edges), binned_kind=t.kind)
+                reporter.say(f"DP bins of {t.column}: {domains[t.column].labels()[0]} .. "
+                             f"{domains[t.column].labels()[-1 - domains[t.column].nullable]}")
+                if len(edges) == 2:
+                    notes.append(f"column {t.column}: its DP bins collapsed to one bin (the values sit in a narrow "
+                                 "range at this budget's resolution); give columns.{0}.bounds and bins, or raise "
+                                 "privacy.discovery_fraction".format(t.column))
+    for note in notes[len(plan.diagnostics):]:
+        reporter.say(f"warning: {note}")
+    domain = TableDomain(tuple(domains.get(n) or build_column_domain(n, s, schema.field(n)) for n, s in specs.items()))
+    return replace(plan, domain=domain, k=k, expected_rows_kept=kept_share, diagnostics=notes)
 
 
-def discovered_bounds_spec(spec: ColumnSpec, lo: float, hi: float) -> ColumnSpec:
-    """The column's spec with DP-discovered bounds, and bins that always fit them (so building its domain cannot
-    fail after noise was drawn): a bin count (default ``DEFAULT_BINS``) never above the number of integers in
-    integer bounds; datetimes always by a bin count, never by a calendar granularity (which could ask for more bins
-    than a domain may hold)."""
-    bounds = _bounds(spec.kind, lo, hi)
-    update: dict[str, Any] = {"bounds": bounds}
-    if spec.kind == "integer":
-        n_values = bounds[1] - bounds[0] + 1
-        if isinstance(spec.bins, int) and spec.bins > n_values:
-            update["bins"] = n_values
-    elif spec.kind == "datetime":
-        update.update(bins=spec.bins or DEFAULT_BINS, granularity=None)
-    return spec.model_copy(update=update)
+def _few_values_note(column: str, kept: int, threshold: int) -> str:
+    what = "no value" if kept == 0 else "only one value"
+    return (f"column {column}: {what} reached the threshold of about {threshold} units at this budget, so the rest "
+            f"of its values are written as its 'other' label; list its public values under columns.{column}.values "
+            "or raise privacy.discovery_fraction")
 
 
-def _bounds(kind: str, lo: float, hi: float) -> tuple:
-    if kind == "integer":
-        return (math.floor(lo), math.ceil(hi))
-    if kind == "datetime":
-        return tuple(_dt.datetime.fromtimestamp(x / 1e6, _dt.timezone.utc) for x in (lo, hi))
-    return (lo, hi)
-
-
-def _discovered_domain(name: str, spec: ColumnSpec, schema: pa.Schema) -> ColumnDomain:
-    """A column's domain once discovery has filled its spec in; a categorical column where no value passed the
-    threshold keeps only its "other" code."""
-    if isinstance(spec, CategoricalColumn) and spec.values == []:
-        return categorical_domain(name, spec, schema.field(name), ())
-    return build_column_domain(name, spec, schema.field(name))
+def _marginal_noise_per_row(plan: JobPlan) -> tuple[float, float]:
+    """For the k rule (see :func:`dpbeam.discovery.choose_k`): the noise scale per row of contribution of a measured
+    2-way marginal (sigma at k = 1 of the plan's measurement stage, split over its d - 1 marginals), and the cells of
+    a typical 2-way marginal (the square of the median column size: the spec's public size, or the bins an open
+    column will get). Public quantities only."""
+    d = len(plan.spec.columns)
+    stage = "mst.measure"
+    per_marginal = plan.accountant.allotted(stage) / max(d - 1, 1)
+    sizes = []
+    for name, s in plan.spec.columns.items():
+        if is_open(s):
+            sizes.append(s.bins if isinstance(getattr(s, "bins", None), int) else DISCOVERED_BINS)
+        else:
+            sizes.append(build_column_domain(name, s, plan.source.schema.field(name)).size)
+    return gaussian_sigma(per_marginal, 1.0), float(np.median(sizes)) ** 2
 
 
 def privacy_record(plan: JobPlan) -> dict[str, Any]:
@@ -226,6 +266,8 @@ def privacy_record(plan: JobPlan) -> dict[str, Any]:
         ),
         "max_rows_per_unit": plan.k,
         "max_rows_per_unit_chosen_by_dp": p.max_rows_per_unit == "auto",
+        **({"expected_share_of_rows_kept": plan.expected_rows_kept} if plan.expected_rows_kept is not None else {}),
+        "discovery_rows_per_unit": p.discovery_rows_per_unit if plan.tasks and p.unit_column else None,
         "discovered_columns": [t.column for t in plan.tasks],
         **plan.accountant.record(),
         **({"noise_disabled_for_tests": True} if noise_is_off() else {}),
@@ -267,6 +309,7 @@ def measure(
         "spec_sha256": plan.spec.sha256(),
         "tree": [list(e) for e in result.tree],
         "refined": [list(c) for c in result.refined],
+        "diagnostics": plan.diagnostics,
         "library_versions": library_versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
     }

@@ -246,6 +246,11 @@ class PrivacySpec(_Model):
         default=None, gt=0, lt=1,
         description="Fraction of rho for DP discovery of k, categorical values and numeric bounds the spec leaves open.",
     )
+    discovery_rows_per_unit: int = Field(
+        default=1, ge=1,
+        description="DP discovery looks at a sample of at most this many rows of each unit (m), so its statistics "
+        "have sensitivity m, not k.",
+    )
     expected_units: int | None = Field(
         default=None, description="Public lower estimate of the number of units; when given, delta must be < 1/it."
     )

@@ -102,3 +102,13 @@ def test_discovery_statistics_agree_with_local(engine, units_dir, tmp_path, requ
     assert got["color"] == want["color"]
     for c in ("age", "day", "score"):
         np.testing.assert_array_equal(got[c], want[c])
+    # the per-unit sample of the fine (quantile) pass: bound m = 1, fine grids over public ranges
+    from dpbeam.discovery import FineGrid
+
+    fine = DiscoveryStats(tasks, fine={"age": FineGrid.over("integer", 18, 79), "score": FineGrid.over("float", 0, 1),
+                                       "day": FineGrid.over("datetime", 1.7e15, 1.72e15)})
+    got = module.run_aggregation(plan.source, fine, "user_id", 1, KEY, **options)
+    want = engine_module("local").run_aggregation(plan.source, fine, "user_id", 1, KEY)
+    assert set(got) == {"age", "score", "day"}
+    for c in got:
+        np.testing.assert_array_equal(got[c], want[c])

@@ -13,8 +13,9 @@ from conftest import small_spec
 from dpbeam.bounding import BoundingKey
 from dpbeam.discovery import DiscoveryStats, DiscoveryTask, RowsPerUnit
 from dpbeam.errors import SourceError
-from dpbeam.job import discovered_bounds_spec, plan_job, run_job
+from dpbeam.job import discover, plan_job, run_job
 from dpbeam.privacy.accountant import ZCDPAccountant
+from dpbeam.progress import Reporter
 from dpbeam.spec import parse_spec
 
 
@@ -143,17 +144,21 @@ def test_other_label_that_the_type_cannot_hold_is_refused_before_data(tmp_path, 
         plan_job(parse_spec(spec))
 
 
-def test_discovered_datetime_bounds_over_decades_use_a_bin_count():
-    spec = parse_spec({"source": {"uri": "x.parquet"}, "privacy": {"epsilon": 1, "delta": 1e-6},
+def test_discovered_datetime_over_a_century_and_narrow_integers_build_their_domains(tmp_path):
+    # Dates spread over 1906-2020 used to get day granularity (over 4096 bins: an error after the discovery budget
+    # was spent); an integer column with 8 values and bins: 50 used to fail the same way.
+    n = 4000
+    rng = np.random.default_rng(3)
+    when = np.datetime64("1906-01-01", "D") + rng.integers(0, 114 * 365, n).astype("timedelta64[D]")
+    pq.write_table(pa.table({"t": pa.array(when.astype("datetime64[us]")), "n": rng.integers(3, 11, n)}),
+                   tmp_path / "t.parquet")
+    spec = parse_spec({"source": {"uri": str(tmp_path / "t.parquet")},
+                       "privacy": {"epsilon": 8.0, "delta": 1e-6, "discovery_fraction": 0.5},
                        "columns": {"t": {"kind": "datetime"}, "n": {"kind": "integer", "bins": 50}},
-                       "output": {"uri": "o"}})
-    from dpbeam.domain import datetime_edges, integer_edges
-
-    lo, hi = -2e15, 1.6e15  # 1906 .. 2020: over a century, far beyond a day granularity's bin limit
-    t = discovered_bounds_spec(spec.columns["t"], lo, hi)
-    assert len(datetime_edges("t", t)) == 33
-    n = discovered_bounds_spec(spec.columns["n"], 3.2, 9.7)  # [3, 10]: 8 integers, 50 bins asked: one bin per value
-    assert integer_edges("n", n) == list(range(3, 12))
+                       "output": {"uri": str(tmp_path / "out")}})
+    plan = discover(plan_job(spec), "local", BoundingKey(b"k" * 32), Reporter())
+    assert 2 <= len(plan.domain["t"].edges) <= 17  # at most 16 equal-frequency bins
+    assert plan.domain["n"].edges == tuple(range(3, 12))  # one bin per value 3..10
 
 
 def test_listed_bin_edges_are_bounds():
