@@ -206,7 +206,6 @@ def test_tree_quantiles_error_within_the_noise_bound():
     nine walks: < 1e-4 in all), so the rank error is at most 20 sigma D ~ 4,500 of 1,000,000 samples (0.45%), plus
     the mass of one leaf."""
     from dpbeam.discovery import FineGrid, tree_quantiles
-    from dpbeam.privacy.accountant import ZCDPAccountant
 
     rng = np.random.default_rng(7)
     x = rng.normal(50, 10, 1_000_000)
