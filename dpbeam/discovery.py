@@ -272,7 +272,7 @@ def tree_levels(leaf_counts: np.ndarray) -> list[np.ndarray]:
 
 def tree_quantiles(
     leaf_counts: np.ndarray, sensitivity: float, rho: float, qs: Sequence[float]
-) -> tuple[list[int], float, float]:
+) -> tuple[list[int], float, float, bool]:
     """DP quantiles from one release of a hierarchical histogram (Hay et al. 2010; Qardaji et al. 2013).
 
     Protects: the counts of every node of a binary tree over ``leaf_counts`` (a power-of-two number of cells). One
@@ -285,7 +285,8 @@ def tree_quantiles(
     of the many empty nodes of a padded grid adds no false mass: by the Gaussian tail bound fewer than one empty node
     passes in expectation), so each answer sums only D noisy counts
     (error ~ sigma sqrt(D)) instead of up to 2^D for a flat histogram's prefix. Returns (leaf index per q, rho spent,
-    sigma)."""
+    sigma, informative): informative is False when no node of the first level stands out of the noise, so that the
+    walks split evenly and the answers are equal steps of the grid."""
     levels = tree_levels(leaf_counts)[1:]
     depth = len(levels)
     l2 = float(sensitivity) * math.sqrt(depth)
@@ -309,7 +310,7 @@ def tree_quantiles(
             else:
                 node, target, mass = 2 * node + 1, target - mass * share, mass * (1 - share)
         out.append(node)
-    return out, spent, sigma
+    return out, spent, sigma, bool(noisy[0].any())
 
 
 def choose_k(
@@ -432,15 +433,15 @@ def select_edges(
     accountant: ZCDPAccountant,
     rho: float,
     column: str,
-) -> list:
+) -> tuple[list, bool]:
     """Equal-frequency bin edges at DP quantiles (see :func:`tree_quantiles`; L2 sensitivity m sqrt(depth)).
 
     The outer edges are the 0.01- and 0.99-quantiles (values beyond are clamped into the end bins); the inner ones
     the quantiles at equal steps between. Edges that coincide merge, so a point mass is one bin. Integers: edges are
     whole numbers, and a range that holds at most ``bins`` integers gets one bin per value. Datetimes: microseconds
-    since the epoch."""
+    since the epoch. Returns (edges, informative) (see :func:`tree_quantiles`)."""
     qs = [LOW_Q + (HIGH_Q - LOW_Q) * j / bins for j in range(bins + 1)]
-    leaves, spent, sigma = tree_quantiles(leaf_counts, float(m), rho, qs)
+    leaves, spent, sigma, informative = tree_quantiles(leaf_counts, float(m), rho, qs)
     accountant.charge(STAGE, "discrete Gaussian (hierarchical histogram on a public grid)", spent, clique=[column],
                       sigma=sigma, sensitivity_l2=m * math.sqrt(TREE_DEPTH), bins=bins)
     lo, hi = grid.edge(leaves[0]), grid.edge(leaves[-1] + 1)
@@ -449,11 +450,10 @@ def select_edges(
         lo_i, hi_i = math.floor(lo), math.ceil(hi) - (1 if grid.width == 1.0 else 0)
         hi_i = max(hi_i, lo_i)
         if kind == "integer" and hi_i - lo_i + 1 <= bins:
-            return list(range(lo_i, hi_i + 2))
+            return list(range(lo_i, hi_i + 2)), informative
         end = hi_i + 1
-        edges = sorted({lo_i, end, *(int(round(e)) for e in inner if lo_i < round(e) < end)})
-        return edges
+        return sorted({lo_i, end, *(int(round(e)) for e in inner if lo_i < round(e) < end)}), informative
     edges = sorted({lo, hi, *(e for e in inner if lo < e < hi)})
     if len(edges) < 2:
         edges = [lo, lo + grid.width]
-    return edges
+    return edges, informative

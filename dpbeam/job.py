@@ -214,17 +214,21 @@ def discover(plan: JobPlan, engine: str, key: BoundingKey, reporter: Reporter, *
                     continue
                 s, f = specs[t.column], schema.field(t.column)
                 bins = s.bins if isinstance(s.bins, int) else DISCOVERED_BINS
-                edges = select_edges(fine[t.column], grids[t.column], t.kind, bins, m, acc,
-                                     rho[(t.column, "bins")], t.column)
+                edges, informative = select_edges(fine[t.column], grids[t.column], t.kind, bins, m, acc,
+                                                  rho[(t.column, "bins")], t.column)
                 value_type = check_column_kind(t.column, s, f.type)
                 domains[t.column] = BinnedDomain(t.column, arrow_type_to_str(value_type), is_nullable(s, f),
                                                  edges=tuple(edges), binned_kind=t.kind)
                 reporter.say(f"DP bins of {t.column}: {domains[t.column].labels()[0]} .. "
                              f"{domains[t.column].labels()[-1 - domains[t.column].nullable]}")
-                if len(edges) == 2:
+                if not informative:
+                    notes.append(f"column {t.column}: its values did not stand out of the discovery noise at this "
+                                 "budget, so its bins are equal steps of a coarse range, not quantiles; give "
+                                 f"columns.{t.column}.bounds (and bins), or raise privacy.discovery_fraction")
+                elif len(edges) == 2:
                     notes.append(f"column {t.column}: its DP bins collapsed to one bin (the values sit in a narrow "
-                                 "range at this budget's resolution); give columns.{0}.bounds and bins, or raise "
-                                 "privacy.discovery_fraction".format(t.column))
+                                 f"range at this budget's resolution); give columns.{t.column}.bounds and bins, or "
+                                 "raise privacy.discovery_fraction")
     for note in notes[len(plan.diagnostics):]:
         reporter.say(f"warning: {note}")
     domain = TableDomain(tuple(domains.get(n) or build_column_domain(n, s, schema.field(n)) for n, s in specs.items()))

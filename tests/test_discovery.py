@@ -212,7 +212,8 @@ def test_tree_quantiles_error_within_the_noise_bound():
     grid = FineGrid.over("float", 0.0, 100.0)
     leaves = np.bincount(grid.cells(x), minlength=grid.leaves)
     qs = [0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99]
-    cells, spent, sigma = tree_quantiles(leaves, 1.0, 0.01, qs)
+    cells, spent, sigma, informative = tree_quantiles(leaves, 1.0, 0.01, qs)
+    assert informative
     assert sigma == pytest.approx(math.sqrt(10) / math.sqrt(0.02), rel=1e-6) and spent <= 0.01
     cdf = np.cumsum(leaves) / leaves.sum()
     leaf_mass = leaves.max() / leaves.sum()
