@@ -47,12 +47,12 @@ def _fail(err: Exception, command: str, reporter: Reporter | None, debug: bool) 
         raise typer.Exit(code=2)
     own = err if isinstance(err, DPBeamError) else worker_error(err)
     if own is not None:
-        console.print(f"[bold red]error:[/] {escape(str(own))}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(own))}", highlight=False, soft_wrap=True)
     else:
         stage = reporter.current_stage if reporter is not None and reporter.current_stage else None
         where = f"`dpbeam {command}`" + (f" ({stage})" if stage else "")
         console.print(f"[bold red]error:[/] internal error in {where}; rerun with --debug on the trusted side",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
