@@ -170,3 +170,23 @@ def test_worker_errors_are_rebuilt_from_their_traceback_text():
     assert str(found) == "cannot read /x.csv: a value in column 'age' does not parse"
     assert worker_error(RuntimeError("no dpbeam error here")) is None
     assert worker_error(SourceError("already ours")) is None
+
+
+def test_a_stage_without_a_public_unit_shows_no_count():
+    """A catalog table has no file listing: its stage never gets a total, so whatever was ticked is not shown."""
+    import io
+
+    from rich.console import Console
+
+    from dpbeam.progress import RichReporter
+
+    buffer = io.StringIO()
+    reporter = RichReporter(Console(file=buffer, width=120))
+    with reporter.stage("reading (spark engine)") as advance:
+        advance(4321)
+    with reporter.stage("reading (local engine)") as advance:
+        advance.set_total(3, "files")
+        advance(3)
+    out = buffer.getvalue()
+    assert "4321" not in out and "4,321" not in out
+    assert "reading (spark engine)" in out and "3/3 files" in out

@@ -398,7 +398,7 @@ def run_aggregation(
             shutil.rmtree(own_dir, ignore_errors=True)
     files = _files_read(result)
     if advance is not None and files is not None:
-        advance(files)
+        advance(min(files, len(source.files)))  # a retried bundle may count twice
     return out
 
 

@@ -404,7 +404,7 @@ def run_aggregation(
         reraise_worker_error(err)
         raise
     if advance:
-        advance(files.value)
+        advance(min(files.value, len(source.files)))  # a retried task may add twice
     return summary
 
 
