@@ -17,20 +17,24 @@ they stay on the trusted side and are noised by the privacy kernels.
 
 from __future__ import annotations
 
-from typing import Generic, Protocol, Sequence, TypeVar
+from typing import Generic, Literal, Protocol, Sequence, TypeVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from dpbeam.bounding import BoundingKey, bound_rows, unit_hashes
 from dpbeam.domain import TableDomain
 from dpbeam.encode import encode_batch
+from dpbeam.errors import SourceError
 from dpbeam.marginals import Clique, count_cliques, empty_cubes, merge_cubes
 
 S = TypeVar("S")
 
 # Names of the two unit-hash columns engines add to prepared batches of unit-level jobs.
 UNIT_H1, UNIT_H2 = "__unit_h1", "__unit_h2"
+
+NullUnits = Literal["drop", "error"]
 
 
 class Aggregation(Protocol, Generic[S]):
@@ -101,15 +105,76 @@ class BoundedCodes(_EncodedRows):
         return np.zeros((0, len(self.domain.names)), dtype=self.domain.code_dtype())
 
 
+def drop_null_units(batch: pa.RecordBatch, unit_column: str, null_units: NullUnits = "drop") -> pa.RecordBatch:
+    """``batch`` without the rows whose privacy unit is null (``null_units: drop``), or a :class:`SourceError`
+    when it has any (``null_units: error``).
+
+    Privacy argument for ``drop``: a row-wise filter, a stable transformation (stability 1). Whether a row is kept
+    depends on that row alone, so two tables that differ by one unit's rows still differ by that unit's rows, and no
+    other unit's rows change; every later sensitivity argument is unchanged. Nothing about the dropped rows (not even
+    whether there were any) is counted, printed or raised.
+
+    For ``error`` the message names the column and what to change and carries no count. Engines call this in every
+    pass through :func:`prepare_with_units`, so a null unit is refused in the job's first pass over the data, before
+    any noise is drawn."""
+    units = batch.column(unit_column)
+    if not units.null_count:
+        return batch
+    if null_units == "error":
+        raise SourceError(
+            f"the privacy-unit column '{unit_column}' holds null values and privacy.null_units is error; set "
+            "privacy.null_units: drop to leave those rows out, or fill the column before the job"
+        )
+    return batch.filter(pc.is_valid(units))
+
+
 def prepare_with_units(
-    aggregation: Aggregation, batch: pa.RecordBatch, unit_column: str | None, key: BoundingKey
+    aggregation: Aggregation,
+    batch: pa.RecordBatch,
+    unit_column: str | None,
+    key: BoundingKey,
+    null_units: NullUnits = "drop",
 ) -> pa.RecordBatch:
-    """``aggregation.prepare(batch)``, plus the two unit-hash columns when the job is unit-level."""
-    prepared = aggregation.prepare(batch)
+    """``aggregation.prepare(batch)``, plus the two unit-hash columns when the job is unit-level. Unit-level jobs
+    first apply the ``null_units`` policy to rows whose unit is null (:func:`drop_null_units`), before hashing."""
     if unit_column is None:
-        return prepared
+        return aggregation.prepare(batch)
+    batch = drop_null_units(batch, unit_column, null_units)
+    prepared = aggregation.prepare(batch)
     h1, h2 = unit_hashes(batch.column(unit_column), key)
     return prepared.append_column(UNIT_H1, pa.array(h1)).append_column(UNIT_H2, pa.array(h2))
+
+
+def _large(t: pa.DataType) -> pa.DataType:
+    """String and binary types with 64-bit offsets, which hold any number of bytes in one array."""
+    if pa.types.is_string(t):
+        return pa.large_string()
+    if pa.types.is_binary(t):
+        return pa.large_binary()
+    return t
+
+
+def one_batch(parts: Sequence[pa.RecordBatch], schema: pa.Schema | None = None) -> pa.RecordBatch:
+    """Every row of ``parts`` in one record batch, in order. String and binary columns become their large types.
+
+    The engines use this where a shuffle partition's pieces are put together before bounding. It never drops a row:
+    ``Table.combine_chunks().to_batches()[0]`` kept only the first chunk when a string column passed Arrow's 2 GiB
+    offset limit (``combine_chunks`` then splits the column); here each column is concatenated on its own, with
+    64-bit offsets, and the row count in is checked against the row count out."""
+    if schema is None:
+        if not parts:
+            raise ValueError("one_batch needs a schema when there are no parts")
+        schema = parts[0].schema
+    wide = pa.schema([f.with_type(_large(f.type)) for f in schema])
+    rows = sum(p.num_rows for p in parts)
+    arrays = []
+    for field in wide:
+        chunks = [p.column(field.name).cast(field.type) for p in parts if p.num_rows]
+        arrays.append(pa.concat_arrays(chunks) if chunks else pa.array([], type=field.type))
+    out = pa.RecordBatch.from_arrays(arrays, schema=wide)
+    if out.num_rows != rows:  # cannot happen with 64-bit offsets; never let a short batch through
+        raise RuntimeError("concatenating the pieces of a shuffle partition lost rows; please report this bug")
+    return out
 
 
 def bound_prepared(aggregation: Aggregation, prepared: pa.RecordBatch, k: int, key: BoundingKey) -> pa.RecordBatch:
@@ -144,6 +209,8 @@ __all__ = [
     "UNIT_H2",
     "bound_prepared",
     "codes_of",
+    "drop_null_units",
+    "one_batch",
     "partition_of",
     "prepare_with_units",
     "summarize",

@@ -69,15 +69,16 @@ def mix64(z: np.ndarray) -> np.ndarray:
 
 def unit_hashes(units: pa.Array | pa.ChunkedArray, key: BoundingKey) -> tuple[np.ndarray, np.ndarray]:
     """A 128-bit keyed hash of each unit value, as two uint64 arrays. Nulls are an error: a row without a unit
-    cannot be bounded."""
+    cannot be bounded (engines apply ``privacy.null_units`` first, see :func:`dpbeam.aggregate.drop_null_units`).
+    The error carries no count: how many units are null is data."""
     if isinstance(units, pa.ChunkedArray):
         units = units.combine_chunks()
     if pa.types.is_dictionary(units.type):
         units = units.dictionary_decode()
     if units.null_count:
         raise SourceError(
-            f"the privacy-unit column has {units.null_count} null value(s) in this batch; every row needs a unit. "
-            "Filter or fill them before the job, or use unit: row"
+            "the privacy-unit column holds null values; every row needs a unit. Set privacy.null_units: drop, fill "
+            "the column before the job, or use unit: row"
         )
     w0, w1, _ = key.words
     if pa.types.is_integer(units.type):

@@ -1,4 +1,9 @@
-"""`dpbeam` on the command line: demo, run, measure, synthesize."""
+"""`dpbeam` on the command line: demo, run, measure, synthesize.
+
+Every command catches every exception and prints one line: dpbeam's own errors say which field, column or file is at
+fault and what to change; anything else prints a generic line naming the stage, never the exception's text, which may
+quote data (Arrow, Spark and Beam errors do). ``--debug`` prints the full traceback instead, for the trusted side.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,10 @@ from typing import Any, List, Optional
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 
-from dpbeam.errors import DPBeamError
+from dpbeam.errors import DPBeamError, worker_error
+from dpbeam.progress import Reporter
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Differentially private synthetic tables.")
 console = Console(stderr=True)
@@ -30,8 +37,22 @@ def _engine_options(pairs: list[str] | None) -> dict[str, Any]:
     return _overrides(pairs)
 
 
-def _fail(err: Exception) -> None:
-    console.print(f"[bold red]error:[/] {err}")
+DEBUG_HELP = "On an error, print the full traceback (it may quote data: use it on the trusted side only)."
+
+
+def _fail(err: Exception, command: str, reporter: Reporter | None, debug: bool) -> None:
+    """Print one line for ``err`` (or the traceback with ``debug``) and exit with status 2."""
+    if debug:
+        console.print_exception(show_locals=False)
+        raise typer.Exit(code=2)
+    own = err if isinstance(err, DPBeamError) else worker_error(err)
+    if own is not None:
+        console.print(f"[bold red]error:[/] {escape(str(own))}", highlight=False, soft_wrap=True)
+    else:
+        stage = reporter.current_stage if reporter is not None and reporter.current_stage else None
+        where = f"`dpbeam {command}`" + (f" ({stage})" if stage else "")
+        console.print(f"[bold red]error:[/] internal error in {where}; rerun with --debug on the trusted side",
+                      highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -45,16 +66,22 @@ def demo(
     out: Path = typer.Option(Path("dpbeam-demo"), help="Directory for the synthetic table and its measurements."),
     epsilon: float = typer.Option(1.0, help="Privacy budget epsilon (delta is 1e-9)."),
     overwrite: bool = typer.Option(False, help="Replace an earlier demo output."),
+    debug: bool = typer.Option(False, help=DEBUG_HELP),
 ) -> None:
     """Run the whole job on the embedded UCI Adult table, in-process (local engine)."""
-    from dpbeam.datasets import adult_dir
+    try:
+        from dpbeam.datasets import adult_dir
 
+        spec = adult_dir() / "adult.yaml"
+    except Exception as err:
+        _fail(err, "demo", None, debug)
     run(
-        adult_dir() / "adult.yaml",
+        spec,
         engine="local",
         overwrite=overwrite,
         set_=[f"output.uri={(out / 'adult-synthetic').resolve()}", f"privacy.epsilon={epsilon}"],
         engine_option=None,
+        debug=debug,
     )
 
 
@@ -67,21 +94,25 @@ def run(
     engine_option: Optional[List[str]] = typer.Option(
         None, "--engine-option", help="An engine option KEY=VALUE (e.g. runner=FnApiRunner, master=local[2])."
     ),
+    debug: bool = typer.Option(False, help=DEBUG_HELP),
 ) -> None:
     """Measure and synthesize: source table -> DP measurements -> synthetic Parquet table + release statement."""
-    from dpbeam.job import run_job
-    from dpbeam.progress import RichReporter
-    from dpbeam.spec import load_spec
-
+    overrides = _overrides(set_)
+    if overwrite:
+        overrides["output.overwrite"] = True
+    options = _engine_options(engine_option)
+    reporter = None
     try:
-        overrides = _overrides(set_)
-        if overwrite:
-            overrides["output.overwrite"] = True
+        from dpbeam.job import run_job
+        from dpbeam.progress import RichReporter
+        from dpbeam.spec import load_spec
+
+        reporter = RichReporter(console)
         job = load_spec(spec, overrides)
-        statement = run_job(job, engine=engine, reporter=RichReporter(console), **_engine_options(engine_option))
-    except DPBeamError as err:
-        _fail(err)
-    _report(statement, job.output.uri)
+        statement = run_job(job, engine=engine, reporter=reporter, **options)
+        _report(statement, job.output.uri)
+    except Exception as err:
+        _fail(err, "run", reporter, debug)
 
 
 @app.command()
@@ -92,26 +123,30 @@ def measure(
     overwrite: bool = typer.Option(False, help="Replace existing measurements."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a spec field: KEY=VALUE, repeatable."),
     engine_option: Optional[List[str]] = typer.Option(None, "--engine-option", help="An engine option KEY=VALUE."),
+    debug: bool = typer.Option(False, help=DEBUG_HELP),
 ) -> None:
     """The trusted half only: write the DP measurements artifact (no synthetic rows)."""
-    from dpbeam import lake
-    from dpbeam.job import measure as measure_job
-    from dpbeam.job import plan_job
-    from dpbeam.progress import RichReporter
-    from dpbeam.spec import load_spec
-
+    overrides = _overrides(set_)
+    options = _engine_options(engine_option)
+    reporter = None
     try:
-        job = load_spec(spec, _overrides(set_))
+        from dpbeam import lake
+        from dpbeam.job import measure as measure_job
+        from dpbeam.job import plan_job
+        from dpbeam.progress import RichReporter
+        from dpbeam.spec import load_spec
+
+        reporter = RichReporter(console)
+        job = load_spec(spec, overrides)
         target = out or job.output.resolved_measurements_uri
         lake.check_output_free(target, overwrite, "measurements output")
-        options = _engine_options(engine_option)
         plan = plan_job(job, check_outputs=False, engine=engine, **options)
-        artifact = measure_job(plan, engine, reporter=RichReporter(console), **options)
+        artifact = measure_job(plan, engine, reporter=reporter, **options)
         artifact.write(target, overwrite=overwrite)
-    except DPBeamError as err:
-        _fail(err)
-    console.print(f"[green]wrote[/] measurements to {target}")
-    console.print(json.dumps({k: artifact.privacy[k] for k in ("epsilon_spent", "delta", "rho_spent")}))
+        console.print(f"[green]wrote[/] measurements to {target}")
+        console.print(json.dumps({k: artifact.privacy[k] for k in ("epsilon_spent", "delta", "rho_spent")}))
+    except Exception as err:
+        _fail(err, "measure", reporter, debug)
 
 
 @app.command()
@@ -127,19 +162,22 @@ def synthesize(
     ),
     iters: int = typer.Option(1000, help="Optimization iterations."),
     overwrite: bool = typer.Option(False, help="Replace an existing table."),
+    debug: bool = typer.Option(False, help=DEBUG_HELP),
 ) -> None:
     """Post-processing only: measurements -> synthetic Parquet table + release statement."""
-    from dpbeam.progress import RichReporter
-    from dpbeam.synth.synthesize import synthesize as run_synthesis
-
+    reporter = None
     try:
+        from dpbeam.progress import RichReporter
+        from dpbeam.synth.synthesize import synthesize as run_synthesis
+
+        reporter = RichReporter(console)
         statement = run_synthesis(
             measurements, out, rows=rows, seed=seed, engine=engine, iters=iters, overwrite=overwrite,
-            reporter=RichReporter(console),
+            reporter=reporter,
         )
-    except DPBeamError as err:
-        _fail(err)
-    _report(statement, out)
+        _report(statement, out)
+    except Exception as err:
+        _fail(err, "synthesize", reporter, debug)
 
 
 if __name__ == "__main__":  # pragma: no cover

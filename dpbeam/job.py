@@ -147,7 +147,7 @@ def run_aggregation(
     with reporter.stage(f"reading, bounding and {what} ({engine} engine)") as advance:
         return module.run_aggregation(
             plan.source, aggregation, plan.unit_column, k if k is not None else plan.k, key, advance=advance,
-            **options,
+            null_units=plan.spec.privacy.null_units, **options,
         )
 
 

@@ -1,44 +1,112 @@
-"""Progress reporting for long work: rich progress bars on a terminal, silence elsewhere."""
+"""Progress reporting for long work: rich progress bars on a terminal, silence elsewhere.
+
+Progress is counted in public units only: files of the source listing, optimizer iterations, synthetic rows (a DP
+output). Never in rows read, bytes read or anything else measured on the sensitive data: a progress line is printed
+on the operator's terminal and in scheduler logs, outside the DP release. A stage whose work has no public unit (a
+catalog table has no file listing) shows a spinner and the elapsed time, no count.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from typing import Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, SpinnerColumn, Task, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
-Advance = Callable[[int], None]
+
+class Ticker:
+    """Advances one stage, in public units. ``ticker(n)`` marks n more units done; ``ticker.set_total(total, unit)``
+    says how many there are (e.g. ``set_total(len(source.files), "files")``, known from the listing). This base
+    class only records; reporters subclass it to draw. Engines receive one as ``advance``."""
+
+    def __init__(self) -> None:
+        self.completed = 0
+        self.total: int | None = None
+        self.unit = ""
+
+    def set_total(self, total: int, unit: str = "") -> None:
+        self.total, self.unit = int(total), unit
+
+    def __call__(self, n: int = 1) -> None:
+        self.completed += int(n)
+
+
+Advance = Ticker
 
 
 class Reporter:
-    """Silent reporter; the base of the rich one. ``stage`` yields a function that advances the stage by n units."""
+    """Silent reporter; the base of the rich one. ``stage`` yields a :class:`Ticker` for the stage."""
+
+    def __init__(self) -> None:
+        self.current_stage: str | None = None
 
     @contextlib.contextmanager
-    def stage(self, description: str, total: float | None = None) -> Iterator[Advance]:
-        yield lambda n=1: None
+    def stage(self, description: str, total: float | None = None) -> Iterator[Ticker]:
+        self.current_stage = description
+        ticker = Ticker()
+        if total is not None:
+            ticker.set_total(int(total))
+        yield ticker
 
     def say(self, message: str) -> None:
         pass
 
 
+def _counted(task: Task) -> bool:
+    return task.total is not None and task.fields.get("counted", True)
+
+
+class _Bar(BarColumn):
+    """A bar only when the total is known (no pulsing bar: its frame depends on the time)."""
+
+    def render(self, task: Task):
+        return super().render(task) if _counted(task) else Text("")
+
+
+class _Count(ProgressColumn):
+    """``done/total unit`` when the total is known, nothing otherwise."""
+
+    def render(self, task: Task) -> Text:
+        if not _counted(task):
+            return Text("")
+        unit = task.fields.get("unit", "")
+        return Text(f"{task.completed:,.0f}/{task.total:,.0f}" + (f" {unit}" if unit else ""))
+
+
+class _RichTicker(Ticker):
+    def __init__(self, bar: Progress, task: object):
+        super().__init__()
+        self._bar, self._task = bar, task
+
+    def set_total(self, total: int, unit: str = "") -> None:
+        super().set_total(total, unit)
+        self._bar.update(self._task, total=self.total, unit=unit)
+
+    def __call__(self, n: int = 1) -> None:
+        super().__call__(n)
+        self._bar.advance(self._task, n)
+
+
 class RichReporter(Reporter):
     def __init__(self, console: Console | None = None):
+        super().__init__()
         self.console = console or Console(stderr=True)
 
     @contextlib.contextmanager
-    def stage(self, description: str, total: float | None = None) -> Iterator[Advance]:
-        if total is None:  # unknown length: a spinner, a running count and the time
-            columns = [SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed:,.0f}"),
-                       TimeElapsedColumn()]
-        else:
-            columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TimeElapsedColumn()]
+    def stage(self, description: str, total: float | None = None) -> Iterator[Ticker]:
+        self.current_stage = description
+        columns = [SpinnerColumn(finished_text="•"), TextColumn("{task.description}"), _Bar(), _Count(),
+                   TimeElapsedColumn()]
         with Progress(*columns, console=self.console, transient=False) as bar:
-            task = bar.add_task(description, total=total)
-            yield lambda n=1: bar.advance(task, n)
-            if total is None:
-                bar.update(task, total=bar.tasks[0].completed)
+            task = bar.add_task(description, total=total, unit="")
+            ticker = _RichTicker(bar, task)
+            if total is not None:
+                ticker.total = int(total)
+            yield ticker
+            if ticker.total is None:  # no public count: mark the stage finished, with no number
+                bar.update(task, total=0, completed=0, counted=False)
 
     def say(self, message: str) -> None:
         self.console.print(message)

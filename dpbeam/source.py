@@ -5,11 +5,16 @@ names are not read as columns), a glob, or CSV, on any
 fsspec filesystem. Opening a source reads metadata only; it refuses, with the file named, a directory holding files
 that are not Parquet, files whose schemas disagree on a column the job reads, and a source with no rows.
 Files and directories whose names start with ``_`` or ``.`` (``_SUCCESS``, ``.crc``) are skipped, as Spark does.
+
+A file that cannot be read is a :class:`SourceError` naming the file (and, for a CSV value that does not parse as
+its column's type, the column), never the value, the row number or Arrow's message, which quote the data.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import re
 from functools import cached_property
 from typing import Iterator, Mapping, Sequence
 
@@ -27,6 +32,7 @@ from dpbeam.spec import SourceSpec
 DEFAULT_BATCH_ROWS = 1 << 16
 Split = tuple  # (file path, Parquet row group index or None for the whole file)
 _PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
+_CSV_COLUMN = re.compile(r"In CSV column #(\d+)")
 
 
 class Source:
@@ -75,14 +81,14 @@ class Source:
                 with self.fs.open(path, "rb") as f:
                     return pq.read_schema(f)
             return self._csv_schema(path)
-        except (pa.ArrowInvalid, OSError, UnicodeDecodeError, csv.Error) as err:
-            raise SourceError(f"cannot read {path} as {self.format}: {err}") from None
+        except (pa.ArrowInvalid, OSError, UnicodeDecodeError, csv.Error):
+            what = "its footer (is it Parquet?)" if self.format == "parquet" else "a header line naming every column"
+            raise SourceError(f"cannot read the schema of {path} as {self.format}: it needs {what}") from None
 
     def _csv_schema(self, path: str) -> pa.Schema:
         """A CSV file's schema from its header line and the spec's types: never inferred from the values (one
         added row must not change a column's type). Every CSV field is nullable: an empty cell is a null."""
-        with self.fs.open(path, "rt", compression="infer", encoding="utf-8", newline="") as f:
-            header = next(csv.reader([f.readline()]), [])
+        header = self._csv_header(path)
         if not header or any(not name for name in header):
             raise pa.ArrowInvalid("the first line must name every column")
         return pa.schema([pa.field(n, self.column_types.get(n, pa.string()), nullable=True) for n in header])
@@ -142,7 +148,17 @@ class Source:
     def split_batches(
         self, split: Split, columns: Sequence[str], batch_rows: int = DEFAULT_BATCH_ROWS
     ) -> Iterator[pa.RecordBatch]:
-        """Record batches of ``columns`` in one split (a row group, or all row groups of a file when None)."""
+        """Record batches of ``columns`` in one split (a row group, or all row groups of a file when None). A read or
+        parse error is a :class:`SourceError` that names the file (and the column, when Arrow says which) and
+        carries nothing from the data; Arrow's own error stays chained to it, for ``--debug`` on the trusted side."""
+        try:
+            yield from self._split_batches(split, columns, batch_rows)
+        except SourceError:
+            raise
+        except (pa.ArrowException, OSError, ValueError) as err:
+            raise self._read_error(split[0], err) from err
+
+    def _split_batches(self, split: Split, columns: Sequence[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
         path, row_group = split
         if self.format == "parquet":
             with self.fs.open(path, "rb") as f:
@@ -161,6 +177,36 @@ class Source:
         for batch in scanner.to_batches():
             if batch.num_rows:
                 yield batch
+
+    def _read_error(self, path: str, err: BaseException) -> SourceError:
+        """A one-line error for a file that failed to read, from Arrow's error without quoting it: Arrow's message
+        holds the offending value and its row number. Only the CSV column index is taken from it, as a name."""
+        if self.format == "csv":
+            found = _CSV_COLUMN.search(str(err))
+            try:
+                header = self._csv_header(path) if found else []
+            except (OSError, UnicodeDecodeError, csv.Error):
+                header = []
+            if found and int(found.group(1)) < len(header):
+                name = header[int(found.group(1))]
+                return SourceError(
+                    f"cannot read {path}: a value in column '{name}' does not parse as the column's type. Fix the "
+                    f"file, or declare columns.{name} with the kind its values have"
+                )
+            return SourceError(
+                f"cannot read {path} as CSV: a row does not parse (quoting, field count or encoding). Fix the file; "
+                "rerun with --debug on the trusted side to see Arrow's message"
+            )
+        return SourceError(
+            f"cannot read {path} as Parquet: the file is damaged or not Parquet. Replace it; rerun with --debug on "
+            "the trusted side to see Arrow's message"
+        )
+
+    def _csv_header(self, path: str) -> list[str]:
+        """The column names on the first line of a CSV file (public: the schema)."""
+        with self.fs.open(path, "rb", compression="infer") as f:
+            first = f.readline().decode("utf-8-sig")
+        return next(csv.reader(io.StringIO(first)), [])
 
     def batches(self, columns: Sequence[str], batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
         """Record batches of ``columns`` (each at most ``batch_rows`` rows), file after file.

@@ -254,6 +254,11 @@ class PrivacySpec(_Model):
     expected_units: int | None = Field(
         default=None, description="Public lower estimate of the number of units; when given, delta must be < 1/it."
     )
+    null_units: Literal["drop", "error"] = Field(
+        default="drop",
+        description="Rows whose privacy unit is null: drop them (a row-wise filter, stable; nothing reports how many) "
+        "or error (refuse the job in its first pass over the data, before any noise is drawn).",
+    )
 
     @field_validator("epsilon")
     @classmethod

@@ -23,6 +23,7 @@ def main(master: str, spec_path: str, key_hex: str, out: str) -> None:
     from dpbeam.bounding import BoundingKey
     from dpbeam.job import plan_job
     from dpbeam.marginals import all_cliques
+    from dpbeam.progress import Ticker
     from dpbeam.spec import parse_spec
     from transforms.spark import run_aggregation
 
@@ -42,15 +43,15 @@ def main(master: str, spec_path: str, key_hex: str, out: str) -> None:
         .getOrCreate()
     )
     try:
-        rows: list[int] = []
+        files = Ticker()
         cubes = run_aggregation(
             plan.source, MarginalCounts(plan.domain, cliques), plan.unit_column, plan.spec.privacy.k,
-            BoundingKey(bytes.fromhex(key_hex)), advance=rows.append, spark=spark,
+            BoundingKey(bytes.fromhex(key_hex)), advance=files, spark=spark,
         )
         executors = spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size() - 1
     finally:
         spark.stop()
-    np.savez(out, **{"|".join(c): cube for c, cube in cubes.items()}, __rows=np.array(rows), __executors=executors)
+    np.savez(out, **{"|".join(c): cube for c, cube in cubes.items()}, __files=np.array([files.completed, files.total]), __executors=executors)
 
 
 if __name__ == "__main__":

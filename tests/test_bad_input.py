@@ -187,14 +187,15 @@ def _users_spec(source, tmp_path, **privacy):
     return small_spec(source, str(tmp_path / "out"), unit={"column": "user_id"}, max_rows_per_unit=2, **privacy)
 
 
-def test_unit_column_all_null(tmp_path):
+def test_unit_column_all_null_with_null_units_error(tmp_path):
     from conftest import small_table
 
     t = small_table(200)
     t = t.append_column("user_id", pa.nulls(200, pa.int64()))
     pq.write_table(t, tmp_path / "t.parquet")
-    spec = _users_spec(str(tmp_path / "t.parquet"), tmp_path)
-    _expect(spec, SourceError, "privacy-unit column", "null")
+    spec = _users_spec(str(tmp_path / "t.parquet"), tmp_path, null_units="error")
+    msg = _expect(spec, SourceError, "privacy-unit column 'user_id'", "null", "privacy.null_units: drop")
+    assert "200" not in msg  # no count from the data
     _nothing_written(spec)
 
 

@@ -61,7 +61,9 @@ def test_discovery_at_high_epsilon(events, tmp_path):
     """At eps = 40 (rho ~ 13.4; half of it for discovery, split over 4.5 shares: ~1.5 each) the k histogram has noise
     sigma ~ 0.6 against cells of 40 units; value counts (m = 1 row per unit) have sigma ~ 0.6 and thresholding keeps
     values with ~130 users each and drops a value with one user (threshold ~ 11 for delta/2); the bins' quantile
-    tree has sigma ~ 1.8 per node against ~400 sampled values, so the 1% / 99% quantiles are within a value or two."""
+    tree has sigma ~ 1.9 per node (cut-off ~ 7.5) against ~400 sampled values over 61 integers (~6.5 a value), so a
+    walk resolves down to nodes of about two values and the 1% / 99% quantiles (20-21 and 79-80) land within three
+    values of the truth."""
     plan = discover(plan_job(_spec(events, tmp_path)), "local", KEY, Reporter())
     true_q = np.quantile(1 + np.arange(400) % 10, 0.9)
     grid_at = K_GRID[np.searchsorted(K_GRID, true_q)]
@@ -70,7 +72,7 @@ def test_discovery_at_high_epsilon(events, tmp_path):
     values = set(plan.domain["country"].values)
     assert values == {"DE", "FR", "US"}
     amount = plan.domain["amount"]
-    assert 20 <= amount.lower <= 23 and 77 <= amount.upper <= 80 and 10 <= amount.n_values <= 16
+    assert 17 <= amount.lower <= 24 and 76 <= amount.upper <= 83 and 10 <= amount.n_values <= 16
     when = plan.domain["when"]
     start, end = np.datetime64("2023-01-01", "us").astype(np.int64), np.datetime64("2024-01-01", "us").astype(np.int64)
     day = 86400e6

@@ -23,6 +23,7 @@ from dpbeam.aggregate import BoundedCodes
 from dpbeam.bounding import BoundingKey
 from dpbeam.errors import SourceError
 from dpbeam.job import plan_job
+from dpbeam.progress import Ticker
 from dpbeam.spec import parse_spec
 from transforms import local
 
@@ -65,11 +66,11 @@ def test_wire_types_round_trip_exactly():
 def test_spark_equals_local(unit, units_dir, tmp_path, spark):
     privacy = {"unit": {"column": unit}, "max_rows_per_unit": 2} if unit else {}
     plan = _plan(units_dir, tmp_path, **privacy)
-    rows: list[int] = []
-    got, want = _both(plan, BoundedCodes(plan.domain), spark, partitions=3, advance=rows.append)
+    files = Ticker()
+    got, want = _both(plan, BoundedCodes(plan.domain), spark, partitions=3, advance=files)
     np.testing.assert_array_equal(got, want)
     assert got.dtype == want.dtype
-    assert rows == [3000]
+    assert (files.completed, files.total, files.unit) == (3, 3, "files")  # public units of the listing, never rows
     assert_same_cubes(*_both(plan, pair_counts(plan), spark))
 
 
@@ -217,7 +218,7 @@ def test_standalone_cluster_equals_local(units_dir, tmp_path):
         _stop(master)
     saved = np.load(out)
     assert int(saved["__executors"]) == 1  # the work ran on the cluster's executor, not in the driver
-    assert saved["__rows"].tolist() == [3000]
+    assert saved["__files"].tolist() == [3, 3]  # progress counts the 3 files of the listing, never rows
     plan = _plan(units_dir, tmp_path, unit={"column": "user_id"}, max_rows_per_unit=2)
     want = local.run_aggregation(plan.source, pair_counts(plan), "user_id", 2, KEY)
     assert_same_cubes({tuple(n.split("|")): saved[n] for n in saved.files if not n.startswith("__")}, want)

@@ -12,6 +12,9 @@ pipeline and reads back one summary; workers do all the row work, on Arrow recor
 4. ``aggregation.partial`` per batch, merged by :class:`SummaryCombineFn` (``aggregation.merge``), so only one summary
    reaches the driver and driver memory does not grow with rows.
 
+Progress is counted in files of the source listing (a Beam counter of files handed to the readers), never in rows:
+the engines' counters are printed and kept by the runner, outside the DP release.
+
 The summary holds exact counts: it is trusted-side data. :func:`run_aggregation` moves it to the driver through one
 pickled file under ``temp_location`` (deleted after reading); noise is added by the driver, never here.
 """
@@ -24,7 +27,7 @@ import posixpath
 import shutil
 import tempfile
 import uuid
-from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, Iterable, Iterator, Sequence, TypeVar
 
 import apache_beam as beam
 import numpy as np
@@ -36,16 +39,25 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineRunner, PipelineState
 
 from dpbeam import lake
-from dpbeam.aggregate import Aggregation, MarginalCounts, bound_prepared, partition_of, prepare_with_units
+from dpbeam.aggregate import (
+    Aggregation,
+    MarginalCounts,
+    NullUnits,
+    bound_prepared,
+    one_batch,
+    partition_of,
+    prepare_with_units,
+)
 from dpbeam.bounding import BoundingKey
 from dpbeam.domain import TableDomain
+from dpbeam.errors import reraise_worker_error
 from dpbeam.marginals import Clique
+from dpbeam.progress import Advance
 from dpbeam.source import Source
 
 S = TypeVar("S")
-Advance = Callable[[int], None]
 METRICS_NAMESPACE = "dpbeam"
-ROWS_READ = "rows_read"
+FILES_READ = "files_read"
 DEFAULT_PARTITIONS = 64
 
 
@@ -57,9 +69,17 @@ class _TableToBatches(beam.DoFn):
     """Workers: a pyarrow Table (one Parquet row group) -> its non-empty record batches."""
 
     def process(self, table: pa.Table) -> Iterator[pa.RecordBatch]:
-        for batch in table.combine_chunks().to_batches():
+        for batch in table.to_batches():
             if batch.num_rows:
                 yield batch
+
+
+class _CountFile(beam.DoFn):
+    """Workers: a file path passes through; the files counter (public: the listing) counts it."""
+
+    def process(self, path: str) -> Iterator[str]:
+        Metrics.counter(METRICS_NAMESPACE, FILES_READ).inc()
+        yield path
 
 
 class _ReadFile(beam.DoFn):
@@ -76,15 +96,15 @@ class _ReadFile(beam.DoFn):
 class _Prepare(beam.DoFn):
     """Workers: a source batch (or Table) -> prepared batches (codes, + unit hashes for unit-level jobs)."""
 
-    def __init__(self, aggregation: Aggregation, unit_column: str | None, key: BoundingKey):
-        self.aggregation, self.unit_column, self.key = aggregation, unit_column, key
+    def __init__(self, aggregation: Aggregation, unit_column: str | None, key: BoundingKey,
+                 null_units: NullUnits = "drop"):
+        self.aggregation, self.unit_column, self.key, self.null_units = aggregation, unit_column, key, null_units
 
     def process(self, batch: pa.RecordBatch | pa.Table) -> Iterator[pa.RecordBatch]:
-        batches = batch.combine_chunks().to_batches() if isinstance(batch, pa.Table) else [batch]
+        batches = batch.to_batches() if isinstance(batch, pa.Table) else [batch]
         for b in batches:
             if b.num_rows:
-                Metrics.counter(METRICS_NAMESPACE, ROWS_READ).inc(b.num_rows)
-                yield prepare_with_units(self.aggregation, b, self.unit_column, self.key)
+                yield prepare_with_units(self.aggregation, b, self.unit_column, self.key, self.null_units)
 
 
 class _SplitByPartition(beam.DoFn):
@@ -111,7 +131,7 @@ class _BoundPartition(beam.DoFn):
 
     def process(self, element: tuple[int, Iterable[pa.RecordBatch]]) -> Iterator[pa.RecordBatch]:
         _, batches = element
-        whole = pa.Table.from_batches(list(batches)).combine_chunks().to_batches()[0]
+        whole = one_batch(list(batches))
         yield bound_prepared(self.aggregation, whole, self.k, self.key)
 
 
@@ -171,12 +191,14 @@ class ReadSource(beam.PTransform):
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         if self.source.format == "parquet":
             files = pbegin | "Files" >> beam.Create([beam_path(self.source, f) for f in self.source.files])
+            files = files | "CountFiles" >> beam.ParDo(_CountFile())
             # file path (str)
             tables = files | "ReadParquet" >> ReadAllFromParquetBatched(columns=self.columns)
             # pyarrow.Table: one row group of one file, the job's columns
             batches = tables | "ToBatches" >> beam.ParDo(_TableToBatches())
         else:
             files = pbegin | "Files" >> beam.Create(list(self.source.files))
+            files = files | "CountFiles" >> beam.ParDo(_CountFile())
             # file path (str)
             batches = files | "ReadCsv" >> beam.ParDo(_ReadFile(self.source, self.columns))
         # RecordBatch of source rows: the job's columns (+ the unit column)
@@ -185,15 +207,18 @@ class ReadSource(beam.PTransform):
 
 class PrepareBatches(beam.PTransform):
     """RecordBatch (or pyarrow Table) of source rows -> RecordBatch of prepared rows: the aggregation's encoded
-    columns, plus ``__unit_h1``/``__unit_h2`` (keyed unit hashes) when ``unit_column`` is given. Workers."""
+    columns, plus ``__unit_h1``/``__unit_h2`` (keyed unit hashes) when ``unit_column`` is given; rows with a null
+    unit are dropped or refused by ``null_units`` (:func:`dpbeam.aggregate.drop_null_units`). Workers."""
 
-    def __init__(self, aggregation: Aggregation, unit_column: str | None, key: BoundingKey):
+    def __init__(self, aggregation: Aggregation, unit_column: str | None, key: BoundingKey,
+                 null_units: NullUnits = "drop"):
         super().__init__()
-        self.aggregation, self.unit_column, self.key = aggregation, unit_column, key
+        self.aggregation, self.unit_column, self.key, self.null_units = aggregation, unit_column, key, null_units
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
-        prepared = batches | "Prepare" >> beam.ParDo(_Prepare(self.aggregation, self.unit_column, self.key))
-        # RecordBatch of prepared rows: code columns (+ __unit_h1, __unit_h2), one row per source row
+        prepare = _Prepare(self.aggregation, self.unit_column, self.key, self.null_units)
+        prepared = batches | "Prepare" >> beam.ParDo(prepare)
+        # RecordBatch of prepared rows: code columns (+ __unit_h1, __unit_h2), one row per source row with a unit
         return prepared
 
 
@@ -242,15 +267,17 @@ class Aggregate(beam.PTransform):
         k: int,
         key: BoundingKey,
         partitions: int = DEFAULT_PARTITIONS,
+        null_units: NullUnits = "drop",
     ):
         super().__init__()
         self.aggregation, self.unit_column, self.k, self.key, self.partitions = (
             aggregation, unit_column, k, key, partitions,
         )
+        self.null_units = null_units
 
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
         agg = self.aggregation
-        rows = batches | "PrepareBatches" >> PrepareBatches(agg, self.unit_column, self.key)
+        rows = batches | "PrepareBatches" >> PrepareBatches(agg, self.unit_column, self.key, self.null_units)
         # RecordBatch of prepared rows
         if self.unit_column is not None:
             rows = rows | "BoundContributions" >> BoundContributions(agg, self.k, self.key, self.partitions)
@@ -272,8 +299,9 @@ class MeasureMarginals(Aggregate):
         k: int,
         key: BoundingKey,
         partitions: int = DEFAULT_PARTITIONS,
+        null_units: NullUnits = "drop",
     ):
-        super().__init__(MarginalCounts(domain, cliques), unit_column, k, key, partitions)
+        super().__init__(MarginalCounts(domain, cliques), unit_column, k, key, partitions, null_units)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -297,10 +325,10 @@ def pipeline_runner(runner: str | PipelineRunner) -> str | PipelineRunner:
     return runner
 
 
-def _rows_read(result: beam.runners.runner.PipelineResult) -> int | None:
-    """Rows read by the pipeline, from its counter (None where the runner reports no metrics)."""
+def _files_read(result: beam.runners.runner.PipelineResult) -> int | None:
+    """Source files handed to the readers, from the pipeline's counter (None where the runner reports no metrics)."""
     try:
-        found = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE).with_name(ROWS_READ))
+        found = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE).with_name(FILES_READ))
     except NotImplementedError:
         return None
     values = [c.committed if c.committed is not None else c.attempted for c in found["counters"]]
@@ -314,6 +342,7 @@ def run_aggregation(
     k: int,
     key: BoundingKey,
     advance: Advance | None = None,
+    null_units: NullUnits = "drop",
     runner: str | PipelineRunner = "FnApiRunner",
     partitions: int = DEFAULT_PARTITIONS,
     temp_location: str | None = None,
@@ -325,7 +354,8 @@ def run_aggregation(
     an fsspec URI (a trusted-side bucket on a cluster; it is also passed to Beam as its ``temp_location``) where one
     worker writes the pickled summary for the driver to read and delete; default a fresh local temporary directory,
     removed afterwards. Other keyword arguments are Beam ``PipelineOptions`` (``direct_num_workers=2``,
-    ``direct_running_mode="multi_processing"``, ``project=...``). ``advance`` is called once, with the rows read.
+    ``direct_running_mode="multi_processing"``, ``project=...``). ``advance`` ticks the files read once the pipeline is done (out of the listing's files).
+    ``null_units``: rows whose unit is null (see :func:`dpbeam.aggregate.drop_null_units`).
     Driver: builds the pipeline, waits for it, reads the one summary."""
     columns = aggregation.columns + ([unit_column] if unit_column else [])
     own_dir = None
@@ -339,13 +369,19 @@ def run_aggregation(
         pipeline = beam.Pipeline(runner=pipeline_runner(runner), options=PipelineOptions(flags=[], **pipeline_options))
         read = pipeline | "ReadSource" >> ReadSource(source, columns)
         # RecordBatch of source rows: the job's columns (+ the unit column)
-        summary = read | "Aggregate" >> Aggregate(aggregation, unit_column, k, key, partitions)
+        summary = read | "Aggregate" >> Aggregate(aggregation, unit_column, k, key, partitions, null_units)
         # one summary
         _ = summary | "WriteSummary" >> beam.ParDo(_WriteSummary(uri))
         # nothing: the summary is in one file under temp_location
         fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        result = pipeline.run()
-        state = result.wait_until_finish()
+        if advance is not None:
+            advance.set_total(len(source.files), "files")
+        try:
+            result = pipeline.run()
+            state = result.wait_until_finish()
+        except Exception as err:
+            reraise_worker_error(err)
+            raise
         if state is not None and state != PipelineState.DONE:
             raise RuntimeError(f"the Beam pipeline ended in state {state}")
         if not fs.exists(path):
@@ -360,9 +396,9 @@ def run_aggregation(
             fs.rm(path)
         if own_dir is not None:
             shutil.rmtree(own_dir, ignore_errors=True)
-    rows = _rows_read(result)
-    if advance is not None and rows is not None:
-        advance(rows)
+    files = _files_read(result)
+    if advance is not None and files is not None:
+        advance(min(files, len(source.files)))  # a retried bundle may count twice
     return out
 
 

@@ -13,6 +13,10 @@ Where things run. The driver only plans and merges summaries; executors do all t
 - **catalog tables**: ``spark.table`` then ``mapInArrow`` (conform each batch to the table's Arrow types, prepare),
   ``repartition(P, __unit_h1)``, and a second ``mapInArrow`` that bounds whole units and emits their partial.
 
+Rows whose privacy unit is null are dropped or refused (``null_units``) where batches are prepared, before hashing.
+Progress is counted in files of the listing (an accumulator of files whose last split was read), never in rows; a
+catalog table has no listing, so its progress is a spinner.
+
 Either way each task's summary is merged by ``treeReduce(aggregation.merge)`` on the executors, so only one summary
 reaches the driver and driver memory does not grow with rows.
 
@@ -36,13 +40,21 @@ from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
-from dpbeam.aggregate import UNIT_H1, Aggregation, bound_prepared, partition_of, prepare_with_units
+from dpbeam.aggregate import (
+    UNIT_H1,
+    Aggregation,
+    NullUnits,
+    bound_prepared,
+    one_batch,
+    partition_of,
+    prepare_with_units,
+)
 from dpbeam.bounding import BoundingKey
-from dpbeam.errors import SourceError
+from dpbeam.errors import SourceError, reraise_worker_error
+from dpbeam.progress import Advance
 from dpbeam.source import Source, Split
 
 S = TypeVar("S")
-Advance = Callable[[int], None]
 BatchFn = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
 PARTIAL_SCHEMA = "partial binary"
 
@@ -168,27 +180,24 @@ def empty_batch(schema: pa.Schema) -> pa.RecordBatch:
 
 
 def prepare_fn(
-    aggregation: Aggregation, schema: pa.Schema, unit_column: str | None, key: BoundingKey, rows: Accumulator[int]
+    aggregation: Aggregation, schema: pa.Schema, unit_column: str | None, key: BoundingKey,
+    null_units: NullUnits = "drop",
 ) -> BatchFn:
-    """Executors: source batch -> prepared batch in wire types (codes + unit hashes). ``rows``: a row accumulator."""
+    """Executors: source batch -> prepared batch in wire types (codes + unit hashes; null units dropped or refused)."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            rows.add(batch.num_rows)
-            yield to_wire(prepare_with_units(aggregation, conform(batch, schema), unit_column, key))
+            yield to_wire(prepare_with_units(aggregation, conform(batch, schema), unit_column, key, null_units))
 
     return run
 
 
-def summarize_rows_fn(
-    aggregation: Aggregation, schema: pa.Schema, key: BoundingKey, rows: Accumulator[int]
-) -> BatchFn:
+def summarize_rows_fn(aggregation: Aggregation, schema: pa.Schema, key: BoundingKey) -> BatchFn:
     """Executors, row-level jobs: the merged partial of every batch of the task, as one pickled row."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         summary = aggregation.zero()
         for batch in batches:
-            rows.add(batch.num_rows)
             prepared = prepare_with_units(aggregation, conform(batch, schema), None, key)
             summary = aggregation.merge(summary, aggregation.partial(prepared))
         yield pickled(summary)
@@ -206,7 +215,7 @@ def bound_units_fn(aggregation: Aggregation, prepared_schema: pa.Schema, k: int,
         if not parts:
             yield pickled(aggregation.zero())
             return
-        whole = pa.Table.from_batches(parts, schema=prepared_schema).combine_chunks().to_batches()[0]
+        whole = one_batch(parts, prepared_schema)
         yield pickled(aggregation.partial(bound_prepared(aggregation, whole, k, key)))
 
     return run
@@ -216,32 +225,46 @@ def bound_units_fn(aggregation: Aggregation, prepared_schema: pa.Schema, k: int,
 # The file path: splits read on executors, prepared batches shuffled as blobs
 
 
+def last_splits(splits: Sequence[Split]) -> frozenset[Split]:
+    """The last split of each file: reading it ticks the files counter (the listing is public, row groups are not:
+    their number follows the file's size). Driver."""
+    last: dict[str, Split] = {}
+    for split in splits:
+        last[split[0]] = split
+    return frozenset(last.values())
+
+
 def summarize_splits_fn(source: Source, aggregation: Aggregation, columns: list[str], key: BoundingKey,
-                        rows: Accumulator[int]) -> Callable[[Iterator[Split]], Iterator[object]]:
-    """Executors, row-level jobs: read this task's splits, summarize every batch, emit one summary."""
+                        ends: frozenset[Split], files: Accumulator[int]) -> Callable[[Iterator[Split]], Iterator[object]]:
+    """Executors, row-level jobs: read this task's splits, summarize every batch, emit one summary. ``files`` counts
+    the splits of ``ends`` read (one per file)."""
 
     def run(splits: Iterator[Split]) -> Iterator[object]:
         summary = aggregation.zero()
         for split in splits:
             for batch in source.split_batches(split, columns):
-                rows.add(batch.num_rows)
                 summary = aggregation.merge(summary, aggregation.partial(aggregation.prepare(batch)))
+            if split in ends:
+                files.add(1)
         yield summary
 
     return run
 
 
 def prepare_split_fn(source: Source, aggregation: Aggregation, columns: list[str], unit_column: str,
-                     key: BoundingKey, partitions: int, rows: Accumulator[int]):
-    """Executors, unit-level jobs: read one split, prepare it, cut it by shuffle partition of the unit hash."""
+                     key: BoundingKey, partitions: int, ends: frozenset[Split], files: Accumulator[int],
+                     null_units: NullUnits = "drop"):
+    """Executors, unit-level jobs: read one split, prepare it (null units dropped or refused), cut it by shuffle
+    partition of the unit hash. ``files`` counts the splits of ``ends`` read (one per file)."""
 
     def run(split: Split) -> Iterator[tuple[int, pa.RecordBatch]]:
         for batch in source.split_batches(split, columns):
-            rows.add(batch.num_rows)
-            prepared = prepare_with_units(aggregation, batch, unit_column, key)
+            prepared = prepare_with_units(aggregation, batch, unit_column, key, null_units)
             part = partition_of(prepared, partitions)
             for p in np.unique(part):
                 yield int(p), prepared.take(pa.array(np.flatnonzero(part == p)))
+        if split in ends:
+            files.add(1)
 
     return run
 
@@ -254,23 +277,26 @@ def bound_pieces_fn(aggregation: Aggregation, k: int, key: BoundingKey):
         if not batches:
             yield aggregation.zero()
             return
-        whole = pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
+        whole = one_batch(batches)
         yield aggregation.partial(bound_prepared(aggregation, whole, k, key))
 
     return run
 
 
 def split_summaries(spark: SparkSession, source: Source, aggregation: Aggregation, unit_column: str | None, k: int,
-                    key: BoundingKey, partitions: int, rows: Accumulator[int]):
-    """An RDD of summaries (one per task) of a file source. Driver plans; executors run."""
+                    key: BoundingKey, partitions: int, files: Accumulator[int], null_units: NullUnits = "drop"):
+    """An RDD of summaries (one per task) of a file source. ``files`` counts the files read. Driver plans;
+    executors run."""
     columns = aggregation.columns + ([unit_column] if unit_column else [])
     splits = source.splits()
+    ends = last_splits(splits)
     tasks = spark.sparkContext.parallelize(splits, max(1, len(splits)))
     # tasks: one element per split (file, Parquet row group)
     if unit_column is None:
-        return tasks.mapPartitions(summarize_splits_fn(source, aggregation, columns, key, rows))
+        return tasks.mapPartitions(summarize_splits_fn(source, aggregation, columns, key, ends, files))
         # -> one summary per task
-    pieces = tasks.flatMap(prepare_split_fn(source, aggregation, columns, unit_column, key, partitions, rows))
+    prepare = prepare_split_fn(source, aggregation, columns, unit_column, key, partitions, ends, files, null_units)
+    pieces = tasks.flatMap(prepare)
     # pieces: (shuffle partition id, Arrow batch of prepared rows whose unit hashes to it)
     by_unit = pieces.partitionBy(partitions, lambda p: p)
     # by_unit: partition p holds every prepared row of the units hashed to p
@@ -301,11 +327,9 @@ def merge_partials(partials: DataFrame, aggregation: Aggregation[S]) -> S:
     return merge_summaries(partials.rdd.map(lambda row: pickle.loads(row[0])), aggregation)
 
 
-def row_partials(
-    df: DataFrame, aggregation: Aggregation, schema: pa.Schema, key: BoundingKey, rows: Accumulator[int]
-) -> DataFrame:
+def row_partials(df: DataFrame, aggregation: Aggregation, schema: pa.Schema, key: BoundingKey) -> DataFrame:
     """Row-level jobs: one summary per input partition, no shuffle. Driver plans; executors run."""
-    partials = df.mapInArrow(summarize_rows_fn(aggregation, schema, key, rows), PARTIAL_SCHEMA)
+    partials = df.mapInArrow(summarize_rows_fn(aggregation, schema, key), PARTIAL_SCHEMA)
     # partials: one row per input partition; partial (pickled summary)
     return partials
 
@@ -317,14 +341,14 @@ def unit_partials(
     unit_column: str,
     k: int,
     key: BoundingKey,
-    rows: Accumulator[int],
     partitions: int,
+    null_units: NullUnits = "drop",
 ) -> DataFrame:
-    """Unit-level jobs: prepare, one shuffle by unit hash, bound whole units, one summary per shuffle partition.
-    Driver plans; executors run."""
+    """Unit-level jobs: prepare (null units dropped or refused), one shuffle by unit hash, bound whole units, one
+    summary per shuffle partition. Driver plans; executors run."""
     prepared_schema = prepared_schema_of(aggregation, schema, unit_column, key)
     wire = from_arrow_schema(pa.schema([pa.field(f.name, wire_type(f.type)) for f in prepared_schema]))
-    prepared = df.mapInArrow(prepare_fn(aggregation, schema, unit_column, key, rows), wire)
+    prepared = df.mapInArrow(prepare_fn(aggregation, schema, unit_column, key, null_units), wire)
     # prepared: one row per source row; code columns (smallint/int), __unit_h1, __unit_h2 (bigint bit-views)
     by_unit = prepared.repartition(partitions, UNIT_H1)
     # by_unit: the same rows in `partitions` partitions, every row of a unit in one (AQE may only merge partitions)
@@ -340,6 +364,7 @@ def run_aggregation(
     k: int,
     key: BoundingKey,
     advance: Advance | None = None,
+    null_units: NullUnits = "drop",
     spark: SparkSession | None = None,
     master: str = "local[2]",
     partitions: int | None = None,
@@ -349,30 +374,37 @@ def run_aggregation(
 
     ``spark``: the session to use (else a catalog source's session, the active one, or a new one on ``master`` with
     ``conf``, see :func:`spark_session`). ``partitions``: shuffle partitions of unit-level jobs (default
-    ``spark.sql.shuffle.partitions``). ``advance`` is called once, with the number of rows read.
-    Driver: plans the DataFrames, then merges the task summaries (treeReduce)."""
+    ``spark.sql.shuffle.partitions``). ``null_units``: rows whose unit is null (see
+    :func:`dpbeam.aggregate.drop_null_units`). ``advance`` ticks the files read, once the job is done, out of the
+    listing's files; a catalog table has no listing and gets no count.
+    Driver: plans the DataFrames, then merges the task summaries (treeReduce). A dpbeam error raised on an executor
+    is raised again here, as itself (see :func:`dpbeam.errors.worker_error`)."""
     if spark is None and isinstance(source, CatalogSource):
         spark = source.spark
     spark = spark_session(spark, master, **conf)
     partitions = partitions or int(spark.conf.get("spark.sql.shuffle.partitions"))
-    rows = spark.sparkContext.accumulator(0)
-    if isinstance(source, CatalogSource):
-        columns = aggregation.columns + ([unit_column] if unit_column else [])
-        schema = pa.schema([source.schema.field(c) for c in columns])
-        df = read_table(source, spark, columns)
-        # df: one row per table row; the job's columns (+ the unit column)
-        if unit_column is None:
-            partials = row_partials(df, aggregation, schema, key, rows)
-        else:
-            partials = unit_partials(df, aggregation, schema, unit_column, k, key, rows, partitions)
-        # partials: one row per task; partial (a pickled summary)
-        summary = merge_partials(partials, aggregation)
-    else:
-        summary = merge_summaries(
-            split_summaries(spark, source, aggregation, unit_column, k, key, partitions, rows), aggregation
-        )
+    try:
+        if isinstance(source, CatalogSource):
+            columns = aggregation.columns + ([unit_column] if unit_column else [])
+            schema = pa.schema([source.schema.field(c) for c in columns])
+            df = read_table(source, spark, columns)
+            # df: one row per table row; the job's columns (+ the unit column)
+            if unit_column is None:
+                partials = row_partials(df, aggregation, schema, key)
+            else:
+                partials = unit_partials(df, aggregation, schema, unit_column, k, key, partitions, null_units)
+            # partials: one row per task; partial (a pickled summary)
+            return merge_partials(partials, aggregation)
+        files = spark.sparkContext.accumulator(0)
+        if advance:
+            advance.set_total(len(source.files), "files")
+        summaries = split_summaries(spark, source, aggregation, unit_column, k, key, partitions, files, null_units)
+        summary = merge_summaries(summaries, aggregation)
+    except Exception as err:
+        reraise_worker_error(err)
+        raise
     if advance:
-        advance(rows.value)
+        advance(min(files.value, len(source.files)))  # a retried task may add twice
     return summary
 
 
