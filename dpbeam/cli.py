@@ -111,7 +111,7 @@ def measure(
     except DPBeamError as err:
         _fail(err)
     console.print(f"[green]wrote[/] measurements to {target}")
-    console.print(json.dumps({k: artifact.privacy[k] for k in ("epsilon_spent", "delta", "rho_spent")}))
+    console.print(json.dumps({k: artifact.privacy[k] for k in ("epsilon", "delta", "rho")}))  # the budget's
 
 
 @app.command()

@@ -32,7 +32,7 @@ from dpbeam.errors import SpecError
 from dpbeam.measurements import MeasurementsArtifact
 from dpbeam.privacy.accountant import ZCDPAccountant
 from dpbeam.privacy.mst import mst_plan, required_cliques, run_mst
-from dpbeam.privacy.noise import noise_is_off
+from dpbeam.privacy.noise import noise_was_disabled
 from dpbeam.privacy.refine import decide_refinement, run_refinement
 from dpbeam.progress import Reporter
 from dpbeam.source import Source, open_source
@@ -153,7 +153,7 @@ def discover(plan: JobPlan, engine: str, key: BoundingKey, reporter: Reporter, *
             s = specs[t.column]
             if t.kind == "categorical":
                 value_type = check_column_kind(t.column, s, plan.source.schema.field(t.column).type)
-                values = select_values(stats[t.column], value_type, k, acc, rho, acc.delta_reserved / n_cat, t.column)
+                values = select_values(stats[t.column], value_type, k, acc, rho, acc.delta_share(n_cat), t.column)
                 specs[t.column] = s.model_copy(update={"values": values})
                 reporter.say(f"DP domain of {t.column}: {len(values)} values")
             else:
@@ -182,9 +182,12 @@ def _discovered_domain(name: str, spec: ColumnSpec, schema: pa.Schema) -> Column
 
 
 def privacy_record(plan: JobPlan) -> dict[str, Any]:
+    """The artifact's privacy record: the unit, k, what discovery released, and the accountant's record (the budget's
+    epsilon, delta, rho and privacy profile). In a process where the test-only noise switch was used it is a record
+    that makes no privacy claim (and neither it nor anything built on it can be written)."""
     p = plan.spec.privacy
     unit = "row" if p.unit_column is None else f"column {p.unit_column}"
-    return {
+    record = {
         "privacy_unit": unit,
         "adjacency": (
             "add or remove one row" if p.unit_column is None
@@ -193,9 +196,13 @@ def privacy_record(plan: JobPlan) -> dict[str, Any]:
         "max_rows_per_unit": plan.k,
         "max_rows_per_unit_chosen_by_dp": p.max_rows_per_unit == "auto",
         "discovered_columns": [t.column for t in plan.tasks],
-        **plan.accountant.record(),
-        **({"noise_disabled_for_tests": True} if noise_is_off() else {}),
+        # real values released by DP thresholding (partition selection); the statement names these columns
+        "discovered_values": [t.column for t in plan.tasks if t.kind == "categorical"],
     }
+    if noise_was_disabled():
+        return {**record, "noise_disabled_for_tests": True,
+                "not_private": "noise was switched off by a test hook; this record makes no privacy claim"}
+    return {**record, **plan.accountant.record()}
 
 
 def measure(
@@ -234,7 +241,7 @@ def measure(
         "tree": [list(e) for e in result.tree],
         "refined": [list(c) for c in result.refined],
         "library_versions": library_versions(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        # no timestamp: with the statement's it would time the trusted pass (timing is not protected)
     }
     return MeasurementsArtifact(plan.domain, result.compression, result.measurements, privacy_record(plan), manifest)
 
