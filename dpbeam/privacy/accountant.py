@@ -64,6 +64,16 @@ def rho_for(epsilon: float, delta: float) -> float:
     return lo
 
 
+def safe_share(total: float, parts: int) -> float:
+    """The largest float x with ``parts`` * x <= ``total`` exactly (``total / parts`` can round up by an ulp)."""
+    if parts < 1:
+        raise ValueError("parts must be a positive integer")
+    share = total / parts
+    while Fraction(share) * parts > Fraction(total):
+        share = math.nextafter(share, 0.0)
+    return share
+
+
 @dataclass(frozen=True)
 class Charge:
     """One private release: which stage, which mechanism, what rho, and the facts that justify it."""
@@ -136,12 +146,7 @@ class ZCDPAccountant:
         """The largest float x with ``parts`` * x <= delta_reserved exactly: the delta each of ``parts``
         approximate-DP mechanisms may spend so that together they stay within the reserve (plain division can round
         up by an ulp)."""
-        if parts < 1:
-            raise ValueError("parts must be a positive integer")
-        share = self.delta_reserved / parts
-        while Fraction(share) * parts > Fraction(self.delta_reserved):
-            share = math.nextafter(share, 0.0)
-        return share
+        return safe_share(self.delta_reserved, parts)
 
     def check(self, stage: str, rho: float, delta: float = 0.0) -> None:
         """Refuse, before anything is released, a charge the stage cannot afford (compared exactly)."""
