@@ -19,13 +19,15 @@ from conftest import small_spec, small_table
 from dpbeam.errors import BudgetError
 from dpbeam.job import measure, plan_job, run_job
 from dpbeam.measurements import MeasurementsArtifact
-from dpbeam.privacy.accountant import PROFILE_DELTAS, ZCDPAccountant, epsilon_for, safe_share
+from dpbeam.privacy.accountant import ZCDPAccountant, epsilon_for
 from dpbeam.privacy.mst import mst_plan
 from dpbeam.privacy.noise import gaussian_rho, gaussian_sigma
 from dpbeam.privacy.selection import _measurement as em_measurement
-from dpbeam.privacy.selection import em_scale, exponential_mechanism, l1_score
-from dpbeam.promise import PROMISE, statement_text
+from dpbeam.privacy.selection import em_scale, exponential_mechanism
 from dpbeam.spec import parse_spec
+
+# New in the fix (imported where used, so that each test fails on its own on the code before it):
+# dpbeam.privacy.accountant.PROFILE_DELTAS, safe_share; dpbeam.privacy.selection.l1_score; dpbeam.promise.
 
 
 def _exact(values) -> Fraction:
@@ -116,6 +118,8 @@ def test_l1_score_is_exact_where_the_float_sum_is_off():
     distance just below 2^49, where a float64 ulp is 1/16. One more row in one cell (k = 1) moves the float64 score
     of the old code by 1.0625 > k; the integer score moves by exactly 1 and equals the L1 computed in Python
     integers."""
+    from dpbeam.privacy.selection import l1_score
+
     rng = np.random.default_rng(1)
     n = 10**6
     x = rng.integers(5 * 10**8, 6 * 10**8, n).astype(np.int64)
@@ -141,6 +145,8 @@ def test_l1_score_is_exact_where_the_float_sum_is_off():
 def test_l1_score_moves_by_at_most_k(seed):
     """Any change of L1 size k to the counts moves the score by at most k, exactly, including with model cells that
     are negative, huge or not finite (clipped and rounded as a function of the model alone)."""
+    from dpbeam.privacy.selection import l1_score
+
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 10**9, (300, 40)).astype(np.int64)
     m = rng.uniform(-1e3, 2e9, x.shape)
@@ -186,6 +192,8 @@ def test_delta_charges_have_no_tolerance():
 
 def test_delta_share_sums_within_the_reserve():
     """Plain division can round up: 9 * (5e-7 / 9) > 5e-7 in exact arithmetic. safe_share never does."""
+    from dpbeam.privacy.accountant import safe_share
+
     assert Fraction(5e-7 / 9) * 9 > Fraction(5e-7)
     acc = ZCDPAccountant(1.0, 1e-6, {"a": 1.0}, delta_reserved=5e-7)
     assert Fraction(acc.delta_share(9)) * 9 <= Fraction(5e-7)
@@ -242,6 +250,9 @@ def test_real_run_charges_every_stage_exactly_its_allotment(units_parquet, tmp_p
 
 
 def test_statement_with_discovered_values_says_they_are_real(units_parquet, tmp_path):
+    from dpbeam.privacy.accountant import PROFILE_DELTAS
+    from dpbeam.promise import statement_text
+
     spec = small_spec(units_parquet, str(tmp_path / "out"), unit={"column": "user_id"}, max_rows_per_unit=3,
                       discovery_fraction=0.2, epsilon=5.0)
     spec["columns"]["color"] = {"kind": "categorical"}
@@ -268,6 +279,8 @@ def test_statement_with_discovered_values_says_they_are_real(units_parquet, tmp_
 
 
 def test_statement_without_discovery_is_pure_zcdp(small_parquet, tmp_path):
+    from dpbeam.privacy.accountant import PROFILE_DELTAS
+
     spec = _spec(small_parquet, tmp_path, columns=["color", "age", "active"], synthesizer={"method": "mst"})
     statement, p = _release(spec)
     assert statement["guarantee"] == "zCDP" and p["delta_thresholds"] == 0
@@ -279,6 +292,8 @@ def test_statement_without_discovery_is_pure_zcdp(small_parquet, tmp_path):
 
 
 def test_promise_names_what_it_must():
+    from dpbeam.promise import PROMISE
+
     for phrase in ("one privacy unit together with all of its rows", "real values", "approximate zCDP",
                    "Not protected: the run's timing", "no real row is copied"):
         assert phrase in PROMISE

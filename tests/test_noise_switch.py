@@ -10,7 +10,7 @@ import pytest
 from conftest import small_spec
 from dpbeam.domain import BinnedDomain, TableDomain
 from dpbeam.measurements import MeasurementsArtifact, NoisyMarginal
-from dpbeam.privacy.noise import NoiseWasDisabledError, noise_was_disabled
+from dpbeam.privacy import noise
 from dpbeam.synth.generate import release_statement
 from fresh_process import run_fresh
 
@@ -59,7 +59,7 @@ def test_nothing_is_released_after_noise_was_off(small_parquet, tmp_path):
 def test_this_process_never_switched_noise_off():
     """Guards the rule above: no test in the pytest process itself uses the switch (it would stop every later test
     from releasing)."""
-    assert not noise_was_disabled()
+    assert not noise.noise_was_disabled()
 
 
 def _artifact(privacy: dict) -> MeasurementsArtifact:
@@ -72,9 +72,9 @@ def test_a_record_without_a_claim_is_never_written(privacy, tmp_path):
     """An artifact whose privacy record says noise was off (made in another process), or that makes no claim at all,
     cannot be written or given a release statement, even in a clean process."""
     art = _artifact(privacy)
-    with pytest.raises(NoiseWasDisabledError):
+    with pytest.raises(noise.NoiseWasDisabledError):
         art.write(str(tmp_path / "m"))
-    with pytest.raises(NoiseWasDisabledError):
+    with pytest.raises(noise.NoiseWasDisabledError):
         release_statement(art, {})
     assert not (tmp_path / "m").exists()
 
