@@ -144,7 +144,7 @@ def measure(
         artifact = measure_job(plan, engine, reporter=reporter, **options)
         artifact.write(target, overwrite=overwrite)
         console.print(f"[green]wrote[/] measurements to {target}")
-        console.print(json.dumps({k: artifact.privacy[k] for k in ("epsilon_spent", "delta", "rho_spent")}))
+        console.print(json.dumps({k: artifact.privacy[k] for k in ("epsilon", "delta", "rho")}))  # the budget's
     except Exception as err:
         _fail(err, "measure", reporter, debug)
 

@@ -6,7 +6,6 @@ the privacy-unit column, and that neither output location already holds data. On
 
 from __future__ import annotations
 
-import datetime as _dt
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -45,7 +44,7 @@ from dpbeam.first_pass import FirstPassChecks
 from dpbeam.measurements import MeasurementsArtifact
 from dpbeam.privacy.accountant import ZCDPAccountant
 from dpbeam.privacy.mst import mst_plan, required_cliques, run_mst
-from dpbeam.privacy.noise import gaussian_sigma, noise_is_off
+from dpbeam.privacy.noise import gaussian_sigma, noise_was_disabled
 from dpbeam.privacy.refine import decide_refinement, run_refinement
 from dpbeam.progress import Reporter
 from dpbeam.source import Source, open_source
@@ -199,7 +198,7 @@ def discover(plan: JobPlan, engine: str, key: BoundingKey, reporter: Reporter, *
             if t.kind == "categorical":
                 value_type = check_column_kind(t.column, s, f.type)
                 chosen = select_values(stats[t.column], value_type, m, acc, rho[(t.column, "values")],
-                                       acc.delta_reserved / n_cat, t.column)
+                                       acc.delta_share(n_cat), t.column)
                 domains[t.column] = categorical_domain(t.column, s, f, chosen.values)
                 reporter.say(f"DP domain of {t.column}: {len(chosen.values)} values")
                 if len(chosen.values) <= 1:
@@ -260,9 +259,12 @@ def _marginal_noise_per_row(plan: JobPlan) -> tuple[float, float]:
 
 
 def privacy_record(plan: JobPlan) -> dict[str, Any]:
+    """The artifact's privacy record: the unit, k, what discovery released, and the accountant's record (the budget's
+    epsilon, delta, rho and privacy profile). In a process where the test-only noise switch was used it is a record
+    that makes no privacy claim (and neither it nor anything built on it can be written)."""
     p = plan.spec.privacy
     unit = "row" if p.unit_column is None else f"column {p.unit_column}"
-    return {
+    record = {
         "privacy_unit": unit,
         "adjacency": (
             "add or remove one row" if p.unit_column is None
@@ -273,9 +275,13 @@ def privacy_record(plan: JobPlan) -> dict[str, Any]:
         **({"expected_share_of_rows_kept": plan.expected_rows_kept} if plan.expected_rows_kept is not None else {}),
         "discovery_rows_per_unit": p.discovery_rows_per_unit if plan.tasks and p.unit_column else None,
         "discovered_columns": [t.column for t in plan.tasks],
-        **plan.accountant.record(),
-        **({"noise_disabled_for_tests": True} if noise_is_off() else {}),
+        # real values released by DP thresholding (partition selection); the statement names these columns
+        "discovered_values": [t.column for t in plan.tasks if t.kind == "categorical"],
     }
+    if noise_was_disabled():
+        return {**record, "noise_disabled_for_tests": True,
+                "not_private": "noise was switched off by a test hook; this record makes no privacy claim"}
+    return {**record, **plan.accountant.record()}
 
 
 def measure(
@@ -315,7 +321,7 @@ def measure(
         "refined": [list(c) for c in result.refined],
         "diagnostics": plan.diagnostics,
         "library_versions": library_versions(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        # no timestamp: with the statement's it would time the trusted pass (timing is not protected)
     }
     return MeasurementsArtifact(plan.domain, result.compression, result.measurements, privacy_record(plan), manifest)
 

@@ -2,14 +2,18 @@
 
 It is a directory a person can read:
 
-    manifest.json          what made it: method, spec hash, library versions, time
+    manifest.json          what made it: method, spec hash, library versions (no time: see below)
     privacy.json           the privacy record: unit, adjacency, k, epsilon, delta, rho and every charge
     domain.json            public column domains, and the compression of rare codes chosen from noisy 1-way counts
     measurements.parquet   one row per noisy marginal: clique, shape, noisy values, noise scale, query weights
     _SUCCESS               written last
 
 All of it is differentially private (noisy counts, and choices computed from noisy counts) or public (the spec's
-domains, the source's schema). Synthesis reads only this directory.
+domains, the source's schema). Synthesis reads only this directory. No timestamp is written: timing is not
+protected, and the release statement's time alone does not time the trusted pass.
+
+An artifact is never written from a process where the test-only noise switch was used
+(:func:`dpbeam.privacy.noise.require_noise_never_disabled`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import pyarrow.parquet as pq
 from dpbeam import lake
 from dpbeam.domain import TableDomain
 from dpbeam.errors import SourceError
+from dpbeam.privacy.noise import NoiseWasDisabledError, require_noise_never_disabled
 
 FORMAT_VERSION = 1
 
@@ -102,7 +107,14 @@ class MeasurementsArtifact:
     # Files
 
     def write(self, uri: str, overwrite: bool = False) -> None:
-        """Write the artifact directory atomically (temp dir, rename, ``_SUCCESS`` last)."""
+        """Write the artifact directory atomically (temp dir, rename, ``_SUCCESS`` last).
+
+        Refused in a process where noise was switched off by the test hook, and for a record that makes no privacy
+        claim."""
+        require_noise_never_disabled("a measurements artifact")
+        if self.privacy.get("noise_disabled_for_tests") or "epsilon" not in self.privacy:
+            raise NoiseWasDisabledError("refusing to write a measurements artifact whose privacy record makes no "
+                                        "privacy claim (noise was switched off by a test hook)")
         with lake.atomic_directory(uri, overwrite=overwrite) as tmp:
             lake.write_json(tmp, "manifest.json", {"format_version": FORMAT_VERSION, **self.manifest})
             lake.write_json(tmp, "privacy.json", self.privacy)

@@ -88,7 +88,7 @@ def test_job_with_discovery_spends_exactly_its_budget(events, tmp_path):
     art = MeasurementsArtifact.read(str(tmp_path / "out.measurements"))
     p = art.privacy
     assert p["max_rows_per_unit_chosen_by_dp"] and p["discovered_columns"] == ["country", "amount", "when"]
-    assert p["rho_spent"] == pytest.approx(p["rho"], rel=1e-9)
+    assert p["charged"]["rho"] == pytest.approx(p["rho"], rel=1e-9)
     assert statement["epsilon"] <= 2.0 and statement["delta"] == 1e-6
     k = p["max_rows_per_unit"]
     for c in p["charges"]:

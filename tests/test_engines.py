@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from conftest import small_spec
+from fresh_process import run_fresh
 from dpbeam.aggregate import BoundedCodes, MarginalCounts
 from dpbeam.bounding import BoundingKey
-from dpbeam.job import engine_module, measure, plan_job
+from dpbeam.job import engine_module, plan_job
 from dpbeam.marginals import all_cliques
-from dpbeam.privacy.noise import noise_disabled_for_tests
 from dpbeam.spec import parse_spec
 
 KEY = BoundingKey(b"equivalence-test-key-0123456789a")
@@ -65,18 +65,45 @@ def test_engines_agree_with_local(engine, unit, units_dir, tmp_path, request):
         np.testing.assert_array_equal(got[c], want[c])
 
 
+# Runs in a child process (tests/fresh_process.py): the noise switch is sticky, and a process that used it can
+# release nothing afterwards. The child measures with noise off and saves the released 1-way values; the parent
+# compares them with the exact counts of the bounded table.
+_NOISELESS_MEASURE = """
+import sys
+import numpy as np
+from conftest import small_spec
+from dpbeam.bounding import BoundingKey
+from dpbeam.job import measure, plan_job
+from dpbeam.privacy.noise import noise_disabled_for_tests
+from dpbeam.spec import parse_spec
+
+units_dir, out, engine, key, dest = sys.argv[1:6]
+spec = parse_spec(small_spec(units_dir, out, unit={"column": "user_id"}, max_rows_per_unit=2))
+plan = plan_job(spec, check_outputs=False)
+options = {"beam": {"runner": "FnApiRunner"}, "spark": {"master": "local[2]"}}.get(engine, {})
+with noise_disabled_for_tests():
+    artifact = measure(plan, engine, key=BoundingKey(key.encode()), **options)
+assert artifact.privacy["noise_disabled_for_tests"] is True and "epsilon" not in artifact.privacy
+one_way = {"|".join(m.clique): m.values for m in artifact.measurements if len(m.clique) == 1 and m.weights is None}
+np.savez(dest, **one_way)
+"""
+
+
 @pytest.mark.parametrize("engine", ["local", "beam", "spark"])
 def test_noiseless_measurements_identical_across_engines(engine, units_dir, tmp_path, request):
-    """Through the whole measure step (MST's 1-way stage with noise switched off by the test-only hook), every
-    engine releases the same 1-way values: the exact counts of the same bounded table."""
+    """Through the whole measure step (MST's 1-way stage with noise switched off by the test-only hook, in a child
+    process), every engine releases the same 1-way values: the exact counts of the same bounded table."""
+    if engine == "spark":
+        pytest.importorskip("pyspark")
     plan = _plan(units_dir, tmp_path, unit={"column": "user_id"}, max_rows_per_unit=2)
-    with noise_disabled_for_tests():
-        artifact = measure(plan, engine, key=KEY, **engine_options(engine, request))
-    assert artifact.privacy["noise_disabled_for_tests"] is True
-    one_way = {m.clique: m for m in artifact.measurements if len(m.clique) == 1 and m.weights is None}
-    bounded = _run("local", plan, MarginalCounts(plan.domain, list(one_way)), request)
-    for c, m in one_way.items():
-        np.testing.assert_array_equal(m.values, bounded[c])
+    dest = tmp_path / "one_way.npz"
+    run_fresh(_NOISELESS_MEASURE, units_dir, str(tmp_path / "out"), engine, KEY.secret.decode(), str(dest))
+    released = dict(np.load(dest))
+    assert released, "the noiseless run released no uncompressed 1-way marginal"
+    one_way = [tuple(c.split("|")) for c in released]
+    bounded = _run("local", plan, MarginalCounts(plan.domain, one_way), request)
+    for c in one_way:
+        np.testing.assert_array_equal(released["|".join(c)], bounded[c])
 
 
 @pytest.mark.parametrize("engine", ["beam", "spark"])

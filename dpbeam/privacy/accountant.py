@@ -11,13 +11,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from fractions import Fraction
+from typing import Any, Iterable, Mapping
 
 from dpbeam.errors import BudgetError
 from dpbeam.privacy._opendp import dp
+from dpbeam.privacy.noise import require_noise_never_disabled
 
-# A charge may exceed its stage's allotment by this relative amount: OpenDP rounds privacy maps up by a few ulps.
-_TOLERANCE = 1e-9
+# The deltas of the privacy profile (as google/dpsynth's report gives it): epsilon at each, from the same rho.
+PROFILE_DELTAS = (1e-5, 1e-6, 1e-7, 1e-8, 1e-9, 1e-10)
+
+CHARGED_NOTE = (
+    "information only, not the guarantee: what the mechanisms were charged. It can fall short of the budget when a "
+    "stage finds nothing to measure, and that shortfall depends on the data; the guarantee is the budget's "
+    "(epsilon, delta, rho) above."
+)
+
+
+def _exact_sum(values: Iterable[float]) -> Fraction:
+    return sum((Fraction(v) for v in values), Fraction(0))
 
 
 def epsilon_for(rho: float, delta: float) -> float:
@@ -52,6 +64,16 @@ def rho_for(epsilon: float, delta: float) -> float:
     return lo
 
 
+def safe_share(total: float, parts: int) -> float:
+    """The largest float x with ``parts`` * x <= ``total`` exactly (``total / parts`` can round up by an ulp)."""
+    if parts < 1:
+        raise ValueError("parts must be a positive integer")
+    share = total / parts
+    while Fraction(share) * parts > Fraction(total):
+        share = math.nextafter(share, 0.0)
+    return share
+
+
 @dataclass(frozen=True)
 class Charge:
     """One private release: which stage, which mechanism, what rho, and the facts that justify it."""
@@ -68,11 +90,13 @@ class Charge:
 class ZCDPAccountant:
     """Holds a total rho, a plan that splits it across named stages, and every charge made against it.
 
-    A charge that would overspend its stage raises :class:`BudgetError` before any noise is drawn.
+    A charge that would overspend its stage raises :class:`BudgetError` before any noise is drawn. The comparison is
+    exact (rational arithmetic on the floats), with no tolerance.
 
     Approximate zCDP. Mechanisms such as thresholded partition selection are (rho_i, delta_i)-approximate zCDP: with
     ``delta_reserved`` > 0 the accountant sets aside that much of delta for them and converts rho with the rest.
-    Composition adds rhos and adds deltas; the final statement is (epsilon_for(sum rho, delta - sum delta_i), delta).
+    Composition adds rhos and adds deltas; the release is (rho, delta_reserved)-approximate zCDP, hence
+    (epsilon_for(rho, delta - delta_reserved), delta)-DP, and epsilon_for(rho, delta - delta_reserved) <= epsilon.
     """
 
     def __init__(self, epsilon: float, delta: float, plan: dict[str, float], delta_reserved: float = 0.0):
@@ -118,18 +142,26 @@ class ZCDPAccountant:
     def delta_spent(self) -> float:
         return math.fsum(c.detail.get("delta", 0.0) for c in self.charges)
 
+    def delta_share(self, parts: int) -> float:
+        """The largest float x with ``parts`` * x <= delta_reserved exactly: the delta each of ``parts``
+        approximate-DP mechanisms may spend so that together they stay within the reserve (plain division can round
+        up by an ulp)."""
+        return safe_share(self.delta_reserved, parts)
+
     def check(self, stage: str, rho: float, delta: float = 0.0) -> None:
-        """Refuse, before anything is released, a charge the stage cannot afford."""
+        """Refuse, before anything is released, a charge the stage cannot afford (compared exactly)."""
         if rho < 0 or delta < 0:
             raise ValueError("a charge cannot be negative")
-        if self.spent(stage) + rho > self.allotted(stage) * (1 + _TOLERANCE):
+        spent = _exact_sum(c.rho for c in self.charges if c.stage == stage)
+        if spent + Fraction(rho) > Fraction(self.allotted(stage)):
             raise BudgetError(
-                f"stage {stage!r} would spend rho={self.spent(stage) + rho:.6g} but the plan allots "
-                f"{self.allotted(stage):.6g}"
+                f"stage {stage!r} would spend rho={float(spent + Fraction(rho)):.17g} but the plan allots "
+                f"{self.allotted(stage):.17g}"
             )
-        if self.delta_spent() + delta > self.delta_reserved * (1 + _TOLERANCE):
-            raise BudgetError(f"approximate-DP charges would spend delta={self.delta_spent() + delta:.3g} but "
-                              f"{self.delta_reserved:.3g} is reserved for them")
+        delta_spent = _exact_sum(c.detail.get("delta", 0.0) for c in self.charges)
+        if delta_spent + Fraction(delta) > Fraction(self.delta_reserved):
+            raise BudgetError(f"approximate-DP charges would spend delta={float(delta_spent + Fraction(delta)):.17g} "
+                              f"but {self.delta_reserved:.17g} is reserved for them")
 
     def charge(self, stage: str, mechanism: str, rho: float, **detail: Any) -> Charge:
         self.check(stage, rho, detail.get("delta", 0.0))
@@ -137,22 +169,41 @@ class ZCDPAccountant:
         self.charges.append(c)
         return c
 
+    @property
+    def approximate(self) -> bool:
+        """Whether delta is reserved for approximate-DP mechanisms (thresholding): the release is then approximate
+        zCDP, (rho, delta_reserved), not pure rho-zCDP."""
+        return self.delta_reserved > 0
+
+    def privacy_profile(self) -> list[dict[str, float | None]]:
+        """Epsilon at each delta of :data:`PROFILE_DELTAS`, from the budget's rho: (epsilon_for(rho, d - delta_reserved),
+        d)-DP for every total d above the thresholding reserve. At or below the reserve this analysis gives no finite
+        epsilon: the entry's epsilon is None."""
+        return [
+            {"delta": d, "epsilon": epsilon_for(self.rho, d - self.delta_reserved) if d > self.delta_reserved else None}
+            for d in PROFILE_DELTAS
+        ]
+
     def record(self) -> dict[str, Any]:
-        """What was promised and what was spent, per stage; the final epsilon is recomputed from the spent rho."""
-        spent = self.spent()
+        """The guarantee (the budget's epsilon, delta, rho and the privacy profile), the plan, and every charge.
+
+        Refused in a process where noise was switched off by the test hook (it would describe noise that was never
+        added)."""
+        require_noise_never_disabled("a privacy record")
         stages = {
-            s: {"fraction": f, "rho_allotted": self.allotted(s), "rho_spent": self.spent(s)} for s, f in self.plan.items()
+            s: {"fraction": f, "rho_allotted": self.allotted(s), "rho_charged": self.spent(s)}
+            for s, f in self.plan.items()
         }
         return {
             "measure": "zero-concentrated DP (rho-zCDP), converted to (epsilon, delta)-DP with OpenDP",
+            "guarantee": "approximate zCDP" if self.approximate else "zCDP",
             "epsilon": self.epsilon,
             "delta": self.delta,
             "rho": self.rho,
-            "rho_spent": spent,
-            "delta_reserved_for_thresholds": self.delta_reserved,
-            "delta_spent_by_thresholds": self.delta_spent(),
-            "epsilon_spent": epsilon_for(spent, self.delta - self.delta_spent()),
+            "delta_thresholds": self.delta_reserved,
+            "privacy_profile": self.privacy_profile(),
             "stages": stages,
+            "charged": {"rho": self.spent(), "delta": self.delta_spent(), "note": CHARGED_NOTE},
             "reallocations": self.reallocations,
             "charges": [c.to_json() for c in self.charges],
         }

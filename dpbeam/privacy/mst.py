@@ -6,7 +6,9 @@ Three stages, each a fraction of the job's rho (1/3 each by default):
    sigma_1 = k sqrt(d / (2 rho_1)) the stage costs d k^2 / (2 sigma_1^2) = rho_1.
 2. ``mst.select``: a maximum spanning tree over the columns. Edge (a, b) scores the L1 error of the independent
    model (built from stage 1's noisy counts only) on the exact a-b marginal. Adding or removing a unit moves an exact
-   cube by at most k in L1 and the model is fixed post-processing, so every score has sensitivity k. Kruskal's
+   cube by at most k in L1 and the model is fixed post-processing, so every score has sensitivity k. The score is
+   computed exactly: the model's marginal is rounded to integers first, then the L1 of integer differences is an
+   integer sum (:func:`dpbeam.privacy.selection.l1_score`), so no float rounding can move it by more than k. Kruskal's
    algorithm picks d - 1 edges, each by the exponential mechanism with rho_2 / (d - 1).
 3. ``mst.measure``: the d - 1 chosen 2-way marginals, discrete Gaussian with sigma_3 = k sqrt((d - 1) / (2 rho_3)).
 
@@ -31,7 +33,7 @@ from dpbeam.marginals import Clique
 from dpbeam.measurements import NoisyMarginal
 from dpbeam.privacy.accountant import ZCDPAccountant
 from dpbeam.privacy.noise import add_discrete_gaussian, gaussian_sigma
-from dpbeam.privacy.selection import exponential_mechanism
+from dpbeam.privacy.selection import exponential_mechanism, l1_score
 
 DEFAULT_SPLIT = {"one_way": 1 / 3, "select": 1 / 3, "measure": 1 / 3}
 # With refinement, chosen on Adult at eps = 1 (mean 2-way/3-way TVD over two runs each): refine 0.4 and the rest
@@ -48,9 +50,18 @@ TOTAL_SHARE = 0.01  # of rho, for the noisy row count that decides whether refin
 
 def mst_plan(n_columns: int, split: Mapping[str, float] | None = None, refine: bool = False) -> dict[str, float]:
     """The budget plan of MST's stages (and of the refinement stage and the row count that decides on it, when
-    asked for). A single column needs no tree: it gets the whole budget for its 1-way marginal."""
+    asked for). A single column needs no tree: it gets the whole budget for its 1-way marginal.
+
+    Refinement measures pairs the spanning tree left out; with two columns the tree holds the only pair, so nothing
+    is left to refine: such a plan is plain MST from the start (a ``refine`` share in ``split`` is dropped and the
+    rest rescaled), and no budget sits in a stage that can never spend it."""
     if n_columns < 2:
         return {"mst.one_way": 1.0}
+    if refine and n_columns <= 2:  # d (d - 1) / 2 pairs, d - 1 of them in the tree: none left when d <= 2
+        refine = False
+        if split is not None and "refine" in split:
+            rest = {k: v for k, v in split.items() if k != "refine"}
+            split = {k: v / sum(rest.values()) for k, v in rest.items()} if rest else None
     split = dict(split or (DEFAULT_REFINED_SPLIT if refine else DEFAULT_SPLIT))
     plan = {("refine" if k == "refine" else f"mst.{k}"): v for k, v in split.items()}
     if refine:
@@ -178,8 +189,8 @@ def run_mst(
         pairs = list(combinations(names, 2))
         scores = {}
         for a, b in pairs:
-            exact = compress_cube(cubes[(a, b)], (a, b), compression).astype(np.float64)
-            scores[(a, b)] = float(np.abs(exact - total * np.outer(probs[a], probs[b])).sum())
+            exact = compress_cube(cubes[(a, b)], (a, b), compression)
+            scores[(a, b)] = l1_score(exact, total * np.outer(probs[a], probs[b]))  # exact integer, sensitivity k
         rho2 = accountant.allotted("mst.select") / (d - 1)
         say(f"selecting a spanning tree over {len(pairs)} pairs")
         component = {n: n for n in names}
@@ -192,7 +203,7 @@ def run_mst(
 
         for _ in range(d - 1):
             candidates = [p for p in pairs if find(p[0]) != find(p[1])]
-            idx, rho = exponential_mechanism([scores[p] for p in candidates], sensitivity=float(k), rho=rho2)
+            idx, rho = exponential_mechanism([scores[p] for p in candidates], sensitivity=k, rho=rho2)
             a, b = candidates[idx]
             accountant.charge("mst.select", "exponential mechanism (Gumbel noisy max)", rho, candidates=len(candidates),
                               sensitivity=k)

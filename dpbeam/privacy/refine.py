@@ -8,7 +8,8 @@ scores every unmeasured pair and measures the worst ones:
   n_r its number of cells and sigma the noise scale a measurement of r would get. The penalty is AIM's (McKenna et al.
   2022): the expected L1 error of measuring r, so large cliques must earn their noise. The model and the penalty are
   fixed before the exact marginal is looked at, so the score moves by at most k when one unit (<= k rows) is added
-  or removed: sensitivity k.
+  or removed: sensitivity k. Both terms are integers (the L1 exactly, by ``l1_score`` on the model rounded to
+  integers; the penalty rounded up), so the sensitivity holds exactly.
 - cliques are picked one at a time by the exponential mechanism (rho_sel each), among candidates that keep the
   model's largest junction-tree clique within ``max_cells`` (a public limit, so the filter is free).
 - each picked clique is measured with the discrete Gaussian, L2 sensitivity k (rho_meas each).
@@ -31,7 +32,7 @@ from dpbeam.measurements import MeasurementsArtifact, NoisyMarginal
 from dpbeam.privacy.accountant import ZCDPAccountant
 from dpbeam.privacy.mst import MSTResult, compress_cube
 from dpbeam.privacy.noise import add_discrete_gaussian, gaussian_sigma
-from dpbeam.privacy.selection import exponential_mechanism
+from dpbeam.privacy.selection import exponential_mechanism, l1_score
 
 STAGE = "refine"
 SELECT_SHARE = 0.1
@@ -107,10 +108,11 @@ def run_refinement(
         scores = {}
         estimates = model.pair_marginals(candidates)
         for c in candidates:
-            exact = compress_cube(cubes[c], c, compression).astype(np.float64)
-            est = estimates[c]
+            # exact integer score (l1_score: the model rounded to integers, sensitivity exactly k) minus the public
+            # penalty rounded up to an integer
             cells = sizes[c[0]] * sizes[c[1]]
-            scores[c] = float(np.abs(exact - est).sum() - math.sqrt(2 / math.pi) * sigma * cells)
+            penalty = math.ceil(math.sqrt(2 / math.pi) * sigma * cells)
+            scores[c] = l1_score(compress_cube(cubes[c], c, compression), estimates[c]) - penalty
         cliques = [tuple(m.clique) for m in measurements]
         chosen: list[Clique] = []
         for _ in range(per_round):

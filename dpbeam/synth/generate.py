@@ -16,6 +16,8 @@ from dpbeam import lake
 from dpbeam.domain import arrow_type_from_str
 from dpbeam.encode import decode_codes
 from dpbeam.measurements import MeasurementsArtifact
+from dpbeam.privacy.noise import NoiseWasDisabledError, require_noise_never_disabled
+from dpbeam.promise import statement_text
 from dpbeam.progress import Reporter
 from dpbeam.versions import library_versions
 
@@ -36,28 +38,29 @@ def output_schema(artifact: MeasurementsArtifact) -> pa.Schema:
 
 
 def release_statement(artifact: MeasurementsArtifact, synthesis: dict[str, Any]) -> dict[str, Any]:
-    """The promise that travels with the table: who is protected, how strongly, by what, made with what."""
+    """The promise that travels with the table: who is protected, how strongly, by what, made with what.
+
+    The text is :mod:`dpbeam.promise`'s; the figures are the budget's (never a realised spend), with the privacy
+    profile. Refused in a process where noise was switched off by the test hook, and for an artifact whose privacy
+    record makes no claim. ``created`` is the only timestamp of a release (the artifact has none)."""
+    require_noise_never_disabled("a release statement")
     p = artifact.privacy
-    unit = p["privacy_unit"]
-    statement = (
-        f"Differentially private synthetic table. Releasing it (and the measurements it was made from) satisfies "
-        f"({p['epsilon_spent']:.6g}, {p['delta']:g})-differential privacy, from {p['rho_spent']:.6g}-zCDP, for the "
-        f"addition or removal of one privacy unit ({unit}) together with all of its rows; at most "
-        f"{p['max_rows_per_unit']} row(s) per unit were used. Every row was generated from noisy measurements; no "
-        f"real row or value was copied."
-    )
-    if p.get("noise_disabled_for_tests"):
-        statement = "NOT PRIVATE: noise was switched off by a test hook. " + statement
+    if p.get("noise_disabled_for_tests") or "epsilon" not in p:
+        raise NoiseWasDisabledError("refusing to write a release statement for measurements whose privacy record "
+                                    "makes no privacy claim (noise was switched off by a test hook)")
+    discovered_values = _discovered_values(artifact)
     return {
-        "statement": statement,
-        "privacy_unit": unit,
+        "statement": statement_text(p, discovered_values),
+        "privacy_unit": p["privacy_unit"],
         "adjacency": p["adjacency"],
-        "epsilon": p["epsilon_spent"],
+        "guarantee": p.get("guarantee", "zCDP"),
+        "epsilon": p["epsilon"],
         "delta": p["delta"],
-        "rho": p["rho_spent"],
-        "epsilon_requested": p["epsilon"],
-        "rho_budget": p["rho"],
+        "rho": p["rho"],
+        "delta_thresholds": p.get("delta_thresholds", 0.0),
+        "privacy_profile": p.get("privacy_profile", []),
         "max_rows_per_unit": p["max_rows_per_unit"],
+        "discovered_values": discovered_values,
         "stages": p["stages"],
         "mechanisms": sorted({c["mechanism"] for c in p["charges"]}),
         "measurements": {
@@ -69,6 +72,15 @@ def release_statement(artifact: MeasurementsArtifact, synthesis: dict[str, Any])
         "library_versions": library_versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
     }
+
+
+def _discovered_values(artifact: MeasurementsArtifact) -> list[str]:
+    """Columns whose categorical values were discovered from the data (real values, DP-selected)."""
+    p = artifact.privacy
+    if "discovered_values" in p:
+        return list(p["discovered_values"])
+    kinds = {c.name: c.kind for c in artifact.domain.columns}
+    return [n for n in p.get("discovered_columns", []) if kinds.get(n) == "categorical"]
 
 
 def write_synthetic_table(

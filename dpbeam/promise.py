@@ -1,0 +1,66 @@
+"""The promise dpbeam makes, in one place. The README and the release statement quote this module; nothing restates
+it.
+
+:data:`PROMISE` is the general text (the README carries it verbatim); :func:`statement_text` is the promise of one
+release, filled in from its privacy record: the budget's (epsilon, delta, rho), the privacy unit, k, whether the
+guarantee is approximate zCDP (values discovered by thresholding) and which columns hold real values.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+PROMISE = (
+    "A dpbeam release (the synthetic table and the measurements artifact it was made from) satisfies "
+    "(ε, δ)-differential privacy for adding or removing one privacy unit together with all of its rows. The privacy "
+    "unit is a column you name (user id, account id, device id) or the row; each unit contributes at most k rows, "
+    "chosen by a keyed hash, and every noise scale follows from k. The ε and δ are those of the budget you set: the "
+    "whole run is ρ-zCDP for the budget's ρ whatever the data (approximate zCDP when categorical values are "
+    "discovered, whose thresholding spends part of δ), and every release states ε over a grid of δ from the same ρ. "
+    "Synthetic rows are generated from noisy measurements; no real row is copied. Values come from the spec's public "
+    "domains, except categorical values discovered from the data: those are real values, each released only because "
+    "a noisy count of the units holding it passed a threshold (DP partition selection, covered by the guarantee), so "
+    "a value held by few units is unlikely to appear. Assumed: the operator and the engine's workers are trusted; the "
+    "spec (domains, bounds, budget) is chosen without looking at the data; the source's schema (Parquet and catalog "
+    "metadata) and its file listing are public. Not protected: the run's timing."
+)
+
+
+def guarantee_text(privacy: dict[str, Any]) -> str:
+    """The guarantee of one release, from its privacy record (the budget's figures)."""
+    unit = privacy["privacy_unit"]
+    rho = f"{privacy['rho']:.6g}"
+    thresholds = privacy.get("delta_thresholds", 0.0)
+    if thresholds > 0:
+        zcdp = (
+            f"approximate zCDP with rho = {rho} and delta = {thresholds:g} for the thresholding that discovered "
+            f"categorical values"
+        )
+    else:
+        zcdp = f"{rho}-zCDP"
+    return (
+        f"Releasing it (and the measurements it was made from) satisfies ({privacy['epsilon']:.6g}, "
+        f"{privacy['delta']:g})-differential privacy, from {zcdp}, for the addition or removal of one privacy unit "
+        f"({unit}) together with all of its rows; at most {privacy['max_rows_per_unit']} row(s) per unit were used. "
+        f"These are the budget's figures, which hold whatever the data; the privacy profile gives epsilon at other "
+        f"deltas from the same rho."
+    )
+
+
+def values_text(discovered_values: Sequence[str]) -> str:
+    """What the table's values are: generated from public domains, or, for columns whose categorical values were
+    discovered, real values selected with DP."""
+    text = "Every row was generated from noisy measurements; no real row was copied. "
+    if not discovered_values:
+        return text + "Every value comes from the spec's public domains or from bounds chosen with DP."
+    cols = ", ".join(discovered_values)
+    return text + (
+        f"The categorical values of {cols} were discovered from the data: they are real values, each released only "
+        f"because a noisy count of the units holding it passed a threshold (DP partition selection, covered by the "
+        f"guarantee above). Every other value comes from the spec's public domains or from bounds chosen with DP."
+    )
+
+
+def statement_text(privacy: dict[str, Any], discovered_values: Sequence[str]) -> str:
+    """The promise of one release, as its ``_release.json`` states it."""
+    return f"Differentially private synthetic table. {guarantee_text(privacy)} {values_text(discovered_values)}"
