@@ -312,3 +312,14 @@ def test_only_the_statement_carries_a_time(small_parquet, tmp_path):
     iso_time = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
     assert "created" not in manifest and not iso_time.search(json.dumps(manifest)) and not iso_time.search(privacy)
     assert iso_time.match(statement["created"])
+
+
+def test_readme_quotes_the_promise():
+    """The README carries dpbeam.promise.PROMISE verbatim (up to line breaks): one text, no restatement."""
+    from pathlib import Path
+
+    from dpbeam.promise import PROMISE
+
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    assert " ".join(PROMISE.split()) in readme
+    assert "no real row or value" not in readme.lower()

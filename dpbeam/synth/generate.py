@@ -61,7 +61,8 @@ def release_statement(artifact: MeasurementsArtifact, synthesis: dict[str, Any])
         "privacy_profile": p.get("privacy_profile", []),
         "max_rows_per_unit": p["max_rows_per_unit"],
         "discovered_values": discovered_values,
-        "stages": p["stages"],
+        "stages": p["stages"],  # rho_charged per stage: information only (see "charged"), not the guarantee
+        "charged": p.get("charged"),
         "mechanisms": sorted({c["mechanism"] for c in p["charges"]}),
         "measurements": {
             "method": artifact.manifest.get("method"),
