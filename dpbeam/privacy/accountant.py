@@ -64,6 +64,16 @@ def rho_for(epsilon: float, delta: float) -> float:
     return lo
 
 
+def privacy_profile(rho: float, delta_thresholds: float = 0.0) -> list[dict[str, float | None]]:
+    """Epsilon at each delta of :data:`PROFILE_DELTAS` for a (rho, delta_thresholds)-approximate zCDP release:
+    (epsilon_for(rho, d - delta_thresholds), d)-DP for every total d above the thresholds' delta. At or below it this
+    analysis gives no finite epsilon: the entry's epsilon is None."""
+    return [
+        {"delta": d, "epsilon": epsilon_for(rho, d - delta_thresholds) if d > delta_thresholds else None}
+        for d in PROFILE_DELTAS
+    ]
+
+
 def safe_share(total: float, parts: int) -> float:
     """The largest float x with ``parts`` * x <= ``total`` exactly (``total / parts`` can round up by an ulp)."""
     if parts < 1:
@@ -176,13 +186,8 @@ class ZCDPAccountant:
         return self.delta_reserved > 0
 
     def privacy_profile(self) -> list[dict[str, float | None]]:
-        """Epsilon at each delta of :data:`PROFILE_DELTAS`, from the budget's rho: (epsilon_for(rho, d - delta_reserved),
-        d)-DP for every total d above the thresholding reserve. At or below the reserve this analysis gives no finite
-        epsilon: the entry's epsilon is None."""
-        return [
-            {"delta": d, "epsilon": epsilon_for(self.rho, d - self.delta_reserved) if d > self.delta_reserved else None}
-            for d in PROFILE_DELTAS
-        ]
+        """Epsilon at each delta of :data:`PROFILE_DELTAS`, from the budget's rho (see :func:`privacy_profile`)."""
+        return privacy_profile(self.rho, self.delta_reserved)
 
     def record(self) -> dict[str, Any]:
         """The guarantee (the budget's epsilon, delta, rho and the privacy profile), the plan, and every charge.
