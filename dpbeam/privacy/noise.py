@@ -92,13 +92,7 @@ def noise_disabled_for_tests() -> Iterator[None]:
     try:
         yield
     finally:
-        _noise_off = False  # noise is off right now (inside noise_disabled_for_tests)
-_noise_was_off = False  # sticky: noise was off at some point in this process; never reset
-
-
-class NoiseWasDisabledError(RuntimeError):
-    """A release (privacy record, measurements artifact, statement) was asked for in a process where the test-only
-    noise switch was used."""
+        _noise_off = False  # noise is back on; _noise_was_off stays True for the life of the process
 
 
 def noise_is_off() -> bool:
