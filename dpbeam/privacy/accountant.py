@@ -3,8 +3,17 @@
 dpbeam's internal currency is zero-concentrated DP (Bun & Steinke 2016): a job is rho-zCDP for adding or removing
 one privacy unit. The user states (epsilon, delta); we convert once with OpenDP's zCDP -> approximate-DP conversion
 (the tight bound of Canonne, Kamath & Steinke 2020, as implemented in OpenDP's ``make_zCDP_to_approxDP``), split rho
-across stages by a stated plan, and report epsilon back from the composed total. zCDP composes by addition:
-a job whose stages spend rho_1, ..., rho_m is (sum rho_i)-zCDP.
+across stages by a stated plan, and refuse any charge beyond a stage's allotment. zCDP composes by addition: a job
+whose stages spend rho_1, ..., rho_m, each within its allotment, is rho-zCDP for the budget's rho.
+
+What is reported is the budget, never the realised spend. Whether a stage spends all of its allotment can depend on
+the data (refinement that finds nothing it may measure, a cell limit that blocks every candidate), and stages'
+parameters are chosen adaptively from earlier outputs; what holds whatever the data is the budget's rho (a Renyi
+filter, see :meth:`ZCDPAccountant.replan`). So the record states (epsilon, delta, rho) of the budget and a privacy
+profile (epsilon over a grid of delta) from the same rho; the rho charged per stage is kept as information only.
+
+Charges are checked exactly (rational arithmetic on the floats, no tolerance): the mechanisms' noise scales err safe
+(:func:`dpbeam.privacy.noise.gaussian_sigma`, :func:`dpbeam.privacy.selection.em_scale`), so no charge needs slack.
 """
 
 from __future__ import annotations
