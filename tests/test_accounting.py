@@ -312,3 +312,32 @@ def test_only_the_statement_carries_a_time(small_parquet, tmp_path):
     iso_time = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
     assert "created" not in manifest and not iso_time.search(json.dumps(manifest)) and not iso_time.search(privacy)
     assert iso_time.match(statement["created"])
+
+
+def test_readme_quotes_the_promise():
+    """The README carries dpbeam.promise.PROMISE verbatim (up to line breaks): one text, no restatement."""
+    from pathlib import Path
+
+    from dpbeam.promise import PROMISE
+
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    assert " ".join(PROMISE.split()) in readme
+    assert "no real row or value" not in readme.lower()
+
+
+def test_statement_of_an_artifact_written_before_the_fix_states_the_budget():
+    """An artifact from an earlier version (its record has epsilon_spent/rho_spent and the old name of the threshold
+    reserve) gets a statement with the budget's figures, approximate zCDP and a privacy profile."""
+    from dpbeam.domain import CategoricalDomain, TableDomain
+    from dpbeam.measurements import NoisyMarginal
+    from dpbeam.synth.generate import release_statement
+
+    old = {"privacy_unit": "column u", "adjacency": "add or remove one privacy unit", "max_rows_per_unit": 2,
+           "discovered_columns": ["c"], "epsilon": 1.0, "delta": 1e-6, "rho": 0.02, "rho_spent": 0.012,
+           "epsilon_spent": 0.7, "delta_reserved_for_thresholds": 5e-7, "stages": {}, "charges": []}
+    domain = TableDomain((CategoricalDomain("c", "string", False, values=("a", "b")),))
+    art = MeasurementsArtifact(domain, {}, (NoisyMarginal(("c",), np.array([3.0, 4.0, 0.0]), 1.0, "t", 0.1),), old)
+    st = release_statement(art, {})
+    assert (st["epsilon"], st["rho"], st["guarantee"]) == (1.0, 0.02, "approximate zCDP")
+    assert st["discovered_values"] == ["c"] and "they are real values" in st["statement"]
+    assert st["privacy_profile"][0] == {"delta": 1e-5, "epsilon": epsilon_for(0.02, 1e-5 - 5e-7)}

@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import small_spec
 from dpbeam.domain import BinnedDomain, TableDomain
 from dpbeam.measurements import MeasurementsArtifact, NoisyMarginal
 from dpbeam.privacy import noise

@@ -3,8 +3,17 @@
 dpbeam's internal currency is zero-concentrated DP (Bun & Steinke 2016): a job is rho-zCDP for adding or removing
 one privacy unit. The user states (epsilon, delta); we convert once with OpenDP's zCDP -> approximate-DP conversion
 (the tight bound of Canonne, Kamath & Steinke 2020, as implemented in OpenDP's ``make_zCDP_to_approxDP``), split rho
-across stages by a stated plan, and report epsilon back from the composed total. zCDP composes by addition:
-a job whose stages spend rho_1, ..., rho_m is (sum rho_i)-zCDP.
+across stages by a stated plan, and refuse any charge beyond a stage's allotment. zCDP composes by addition: a job
+whose stages spend rho_1, ..., rho_m, each within its allotment, is rho-zCDP for the budget's rho.
+
+What is reported is the budget, never the realised spend. Whether a stage spends all of its allotment can depend on
+the data (refinement that finds nothing it may measure, a cell limit that blocks every candidate), and stages'
+parameters are chosen adaptively from earlier outputs; what holds whatever the data is the budget's rho (a Renyi
+filter, see :meth:`ZCDPAccountant.replan`). So the record states (epsilon, delta, rho) of the budget and a privacy
+profile (epsilon over a grid of delta) from the same rho; the rho charged per stage is kept as information only.
+
+Charges are checked exactly (rational arithmetic on the floats, no tolerance): the mechanisms' noise scales err safe
+(:func:`dpbeam.privacy.noise.gaussian_sigma`, :func:`dpbeam.privacy.selection.em_scale`), so no charge needs slack.
 """
 
 from __future__ import annotations
@@ -62,6 +71,16 @@ def rho_for(epsilon: float, delta: float) -> float:
         if hi - lo <= 1e-12 * hi:
             break
     return lo
+
+
+def privacy_profile(rho: float, delta_thresholds: float = 0.0) -> list[dict[str, float | None]]:
+    """Epsilon at each delta of :data:`PROFILE_DELTAS` for a (rho, delta_thresholds)-approximate zCDP release:
+    (epsilon_for(rho, d - delta_thresholds), d)-DP for every total d above the thresholds' delta. At or below it this
+    analysis gives no finite epsilon: the entry's epsilon is None."""
+    return [
+        {"delta": d, "epsilon": epsilon_for(rho, d - delta_thresholds) if d > delta_thresholds else None}
+        for d in PROFILE_DELTAS
+    ]
 
 
 def safe_share(total: float, parts: int) -> float:
@@ -176,13 +195,8 @@ class ZCDPAccountant:
         return self.delta_reserved > 0
 
     def privacy_profile(self) -> list[dict[str, float | None]]:
-        """Epsilon at each delta of :data:`PROFILE_DELTAS`, from the budget's rho: (epsilon_for(rho, d - delta_reserved),
-        d)-DP for every total d above the thresholding reserve. At or below the reserve this analysis gives no finite
-        epsilon: the entry's epsilon is None."""
-        return [
-            {"delta": d, "epsilon": epsilon_for(self.rho, d - self.delta_reserved) if d > self.delta_reserved else None}
-            for d in PROFILE_DELTAS
-        ]
+        """Epsilon at each delta of :data:`PROFILE_DELTAS`, from the budget's rho (see :func:`privacy_profile`)."""
+        return privacy_profile(self.rho, self.delta_reserved)
 
     def record(self) -> dict[str, Any]:
         """The guarantee (the budget's epsilon, delta, rho and the privacy profile), the plan, and every charge.

@@ -92,7 +92,7 @@ def noise_disabled_for_tests() -> Iterator[None]:
     try:
         yield
     finally:
-        _noise_off = False
+        _noise_off = False  # noise is back on; _noise_was_off stays True for the life of the process
 
 
 def noise_is_off() -> bool:

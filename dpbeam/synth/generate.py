@@ -16,6 +16,7 @@ from dpbeam import lake
 from dpbeam.domain import arrow_type_from_str
 from dpbeam.encode import decode_codes
 from dpbeam.measurements import MeasurementsArtifact
+from dpbeam.privacy.accountant import privacy_profile
 from dpbeam.privacy.noise import NoiseWasDisabledError, require_noise_never_disabled
 from dpbeam.promise import statement_text
 from dpbeam.progress import Reporter
@@ -49,19 +50,23 @@ def release_statement(artifact: MeasurementsArtifact, synthesis: dict[str, Any])
         raise NoiseWasDisabledError("refusing to write a release statement for measurements whose privacy record "
                                     "makes no privacy claim (noise was switched off by a test hook)")
     discovered_values = _discovered_values(artifact)
+    # artifacts written before the record named these (format 1 from earlier versions) get them from the budget
+    thresholds = p.get("delta_thresholds", p.get("delta_reserved_for_thresholds", 0.0))
+    p = {**p, "delta_thresholds": thresholds}
     return {
         "statement": statement_text(p, discovered_values),
         "privacy_unit": p["privacy_unit"],
         "adjacency": p["adjacency"],
-        "guarantee": p.get("guarantee", "zCDP"),
+        "guarantee": "approximate zCDP" if thresholds > 0 else "zCDP",
         "epsilon": p["epsilon"],
         "delta": p["delta"],
         "rho": p["rho"],
-        "delta_thresholds": p.get("delta_thresholds", 0.0),
-        "privacy_profile": p.get("privacy_profile", []),
+        "delta_thresholds": thresholds,
+        "privacy_profile": p.get("privacy_profile") or privacy_profile(p["rho"], thresholds),
         "max_rows_per_unit": p["max_rows_per_unit"],
         "discovered_values": discovered_values,
-        "stages": p["stages"],
+        "stages": p["stages"],  # rho_charged per stage: information only (see "charged"), not the guarantee
+        "charged": p.get("charged"),
         "mechanisms": sorted({c["mechanism"] for c in p["charges"]}),
         "measurements": {
             "method": artifact.manifest.get("method"),
