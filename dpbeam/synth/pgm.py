@@ -5,9 +5,8 @@ Post-processing only: the model is fitted to the artifact's noisy measurements, 
 
 from __future__ import annotations
 
-import contextlib
+import functools
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
@@ -15,10 +14,12 @@ from dpbeam.synth import _jax  # noqa: F401  (must precede mbi)
 
 import mbi  # noqa: E402
 import networkx as nx  # noqa: E402
-from mbi import estimation, junction_tree, marginal_oracles  # noqa: E402
+from mbi import estimation, junction_tree  # noqa: E402
 from mbi.marginal_loss import WeightedQuery  # noqa: E402
 
 from dpbeam.measurements import MeasurementsArtifact  # noqa: E402
+from dpbeam.synth.forward import ForwardSampler  # noqa: E402
+from dpbeam.synth.jtree import NamedTable, calibrate  # noqa: E402
 
 ENGINE = "pgm"
 
@@ -47,17 +48,6 @@ def junction_tree_cells(artifact: MeasurementsArtifact) -> int:
     return junction_tree_cells_of(artifact.model_sizes, [tuple(m.clique) for m in artifact.measurements])
 
 
-@contextlib.contextmanager
-def _seeded_global_numpy(seed: int) -> Iterator[None]:
-    """mbi samples with numpy's global generator; seed it for reproducibility and restore it afterwards."""
-    state = np.random.get_state()
-    np.random.seed(seed % (2**32))
-    try:
-        yield
-    finally:
-        np.random.set_state(state)
-
-
 @dataclass
 class PGMModel:
     """A fitted Private-PGM model over the artifact's model domain."""
@@ -65,6 +55,28 @@ class PGMModel:
     model: mbi.MarkovRandomField
     names: list[str]
     engine: str = ENGINE
+    sampling: str = "round"
+    iters: int = 0  # iterations run (the fit may stop early on convergence)
+
+    @functools.cached_property
+    def calibrated(self) -> tuple[nx.Graph, list[str], dict[tuple[str, ...], np.ndarray]]:
+        """The junction tree, its elimination order, and every junction-tree clique's marginal (counts, numpy,
+        axes in the clique's order): one message-passing run, kept."""
+        potentials = self.model.potentials
+        jtree, order = junction_tree.make_junction_tree(potentials.domain, potentials.cliques)
+        cliques = [tuple(c) for c in jtree.nodes]
+        logs = [NamedTable(tuple(f.domain.attributes), np.asarray(f.values, dtype=np.float64))
+                for f in (potentials[c] for c in potentials.cliques)]
+        sizes = dict(zip(potentials.domain.attributes, potentials.domain.shape))
+        order_of_messages = [(tuple(i), tuple(j)) for i, j in junction_tree.message_passing_order(jtree)]
+        tables = calibrate(logs, cliques, order_of_messages, sizes, float(self.model.total))
+        return jtree, list(order), tables
+
+    @functools.cached_property
+    def sampler(self) -> ForwardSampler:
+        _, order, tables = self.calibrated
+        sizes = dict(zip(self.model.domain.attributes, self.model.domain.shape))
+        return ForwardSampler(self.names, sizes, tables, order)
 
     def marginal(self, clique: tuple[str, ...]) -> np.ndarray:
         """The model's marginal (counts, model domain) on a clique."""
@@ -77,11 +89,9 @@ class PGMModel:
         the junction tree is calibrated once and each pair is a walk from a clique holding one column to a clique
         holding the other, carrying a table over (first column, separator) and multiplying in each clique's
         conditional given its separator."""
-        potentials = self.model.potentials
-        jtree, _ = junction_tree.make_junction_tree(potentials.domain, potentials.cliques)
+        jtree, _, marginals = self.calibrated
         cliques = [tuple(c) for c in jtree.nodes]
-        calibrated = marginal_oracles.message_passing_stable(potentials.expand(cliques), float(self.model.total))
-        tables = {c: _NamedTable.of(calibrated.project(c)) for c in cliques}
+        tables = {c: NamedTable(c, marginals[c]) for c in cliques}
         holding = {n: [c for c in cliques if n in c] for n in self.names}
         out = {}
         for a, b in pairs:
@@ -103,43 +113,9 @@ class PGMModel:
         return out
 
     def sample(self, rows: int, seed: int) -> np.ndarray:
-        """Model-domain codes (rows, columns) by mbi's randomized rounding."""
-        with _seeded_global_numpy(seed):
-            data = self.model.synthetic_data(rows).to_dict()
-        return np.stack([np.asarray(data[n]) for n in self.names], axis=1)
-
-
-@dataclass(frozen=True)
-class _NamedTable:
-    """A small numpy factor: an array whose axes are named columns."""
-
-    names: tuple[str, ...]
-    values: np.ndarray
-
-    @classmethod
-    def of(cls, factor) -> "_NamedTable":
-        return cls(tuple(factor.domain.attributes), np.asarray(factor.values, dtype=np.float64))
-
-    def project(self, keep: tuple[str, ...]) -> "_NamedTable":
-        keep = tuple(dict.fromkeys(keep))
-        summed = self.values.sum(axis=tuple(i for i, n in enumerate(self.names) if n not in keep))
-        rest = [n for n in self.names if n in keep]
-        return _NamedTable(keep, np.transpose(summed, [rest.index(n) for n in keep]))
-
-    def _einsum(self, other: "_NamedTable", op) -> "_NamedTable":
-        names = tuple(dict.fromkeys(self.names + other.names))
-        letter = {n: chr(97 + i) for i, n in enumerate(names)}
-        spec = lambda ns: "".join(letter[n] for n in ns)  # noqa: E731
-        ones = np.ones([dict(zip(self.names + other.names, self.values.shape + other.values.shape))[n] for n in names])
-        x = np.einsum(f"{spec(self.names)},{spec(names)}->{spec(names)}", self.values, ones)
-        y = np.einsum(f"{spec(other.names)},{spec(names)}->{spec(names)}", other.values, ones)
-        return _NamedTable(names, op(x, y))
-
-    def times(self, other: "_NamedTable") -> "_NamedTable":
-        return self._einsum(other, np.multiply)
-
-    def divided_by(self, other: "_NamedTable") -> "_NamedTable":
-        return self._einsum(other, lambda x, y: np.divide(x, y, out=np.zeros_like(x), where=y != 0))
+        """Model-domain codes (rows, columns), drawn by forward sampling along the junction tree
+        (:mod:`dpbeam.synth.forward`) with a numpy Generator seeded from ``seed``."""
+        return self.sampler.sample(rows, np.random.default_rng(seed), self.sampling)
 
 
 def fit(artifact: MeasurementsArtifact, iters: int = 1000, seed: int = 0, progress=None) -> PGMModel:
