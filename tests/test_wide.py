@@ -141,3 +141,20 @@ def test_candidate_set_does_not_read_the_scores(monkeypatch):
         acc = ZCDPAccountant(1.0, 1e-9, {"refine": 1.0})
         refine._select(candidates, scores, sizes, measured, 6, 60, 1, 1e-4, acc)
     assert seen[0] == seen[1] and len(seen[0]) == 6
+
+
+def test_engine_reason_names_the_cost(monkeypatch):
+    from dpbeam.measurements import MeasurementsArtifact, NoisyMarginal
+    from dpbeam.synth import synthesize
+
+    dom, _ = _wide(6)
+    ms = tuple(NoisyMarginal((n,), np.ones(dom[n].size), 1.0, "discrete Gaussian", 0.1) for n in dom.names)
+    pair = (dom.names[0], dom.names[1])
+    ms += (NoisyMarginal(pair, np.ones((dom[pair[0]].size, dom[pair[1]].size)), 1.0, "discrete Gaussian", 0.1),)
+    art = MeasurementsArtifact(dom, {}, ms, {})
+    cells = dom[pair[0]].size * dom[pair[1]].size
+    engine, reason = synthesize.engine_choice(art, "auto")
+    assert engine == "pgm" and f"{cells:,} cells" in reason
+    monkeypatch.setattr(synthesize, "PGM_MAX_CELLS", cells - 1)
+    engine, reason = synthesize.engine_choice(art, "auto")
+    assert engine == "torch" and "beyond" in reason
