@@ -157,19 +157,23 @@ def _select(
     col = {n: j for j, n in enumerate(names)}
     limit = math.log(max_cells) + 1e-9
     candidates = list(candidates)
+    first = np.asarray([col[c[0]] for c in candidates], dtype=np.int64)
+    second = np.asarray([col[c[1]] for c in candidates], dtype=np.int64)
+    score = np.asarray([scores[c] for c in candidates], dtype=np.float64)
+    left = np.ones(len(candidates), dtype=bool)
     chosen: list[Clique] = []
     tree = jtree.build(sizes, measured)
     for _ in range(per_round):
-        bounds = tree.edge_bounds()
-        fits = [c for c in candidates if bounds[col[c[0]], col[c[1]]] <= limit]
-        if not fits:
+        fits = np.flatnonzero(left & (tree.edge_bounds()[first, second] <= limit))
+        if not len(fits):
             break
-        idx, rho = exponential_mechanism([scores[c] for c in fits], sensitivity=float(k), rho=rho_sel)
+        idx, rho = exponential_mechanism(score[fits], sensitivity=float(k), rho=rho_sel)
         accountant.charge(STAGE, "exponential mechanism (Gumbel noisy max)", rho, candidates=len(fits),
                           sensitivity=k)
-        candidates.remove(fits[idx])
-        grown = jtree.build(sizes, measured + chosen + [fits[idx]])
+        drawn = candidates[fits[idx]]
+        left[fits[idx]] = False
+        grown = jtree.build(sizes, measured + chosen + [drawn])
         if grown.max_cells <= max_cells:
-            chosen.append(fits[idx])
+            chosen.append(drawn)
             tree = grown
     return chosen
