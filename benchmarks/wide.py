@@ -154,6 +154,12 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _cpu_s() -> float:
+    """CPU seconds of this process, every thread: on a shared machine, closer to an unloaded wall time than wall."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 STAGE_OF = (  # progress message prefix -> the stage that starts there
     ("reading, bounding and counting", "count"),
     ("measuring ", "mst"),
@@ -169,13 +175,13 @@ def job(spec_path: str, method: str, out_json: str, synth_dir: str, seed: int = 
     from dpbeam.progress import Reporter
     from dpbeam.spec import load_spec
 
-    marks: list[tuple[str, float, float]] = []
+    marks: list[tuple[str, float, float, float]] = []
 
     class Timing(Reporter):
         def _mark(self, msg: str) -> None:
             for prefix, stage in STAGE_OF:
                 if msg.startswith(prefix) and (not marks or marks[-1][0] != stage):
-                    marks.append((stage, time.perf_counter(), _peak_mb()))
+                    marks.append((stage, time.perf_counter(), _peak_mb(), _cpu_s()))
 
         def stage(self, description, total=None):
             self._mark(description)
@@ -186,17 +192,20 @@ def job(spec_path: str, method: str, out_json: str, synth_dir: str, seed: int = 
 
     spec = load_spec(spec_path, {"synthesizer.method": method, "output.uri": synth_dir,
                                  "output.measurements_uri": synth_dir + "-measurements", "seed": seed})
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_s()
     statement = run_job(spec, reporter=Timing())
     end = time.perf_counter()
     stages: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     peaks: dict[str, float] = {}
-    bounds = [("plan", t0, 0.0)] + marks + [("end", end, _peak_mb())]
-    for (name, start, _), (_, stop, peak) in zip(bounds, bounds[1:]):
+    bounds = [("plan", t0, 0.0, c0)] + marks + [("end", end, _peak_mb(), _cpu_s())]
+    for (name, start, _, c_start), (_, stop, peak, c_stop) in zip(bounds, bounds[1:]):
         stages[name] = stages.get(name, 0.0) + stop - start
+        cpu[name] = cpu.get(name, 0.0) + c_stop - c_start
         peaks[name] = peak
     Path(out_json).write_text(json.dumps({
-        "wall_s": end - t0, "stages_s": stages, "peak_rss_mb": _peak_mb(), "peak_rss_mb_by_end_of": peaks,
+        "wall_s": end - t0, "cpu_s": _cpu_s() - c0, "stages_s": stages, "stages_cpu_s": cpu,
+        "peak_rss_mb": _peak_mb(), "peak_rss_mb_by_end_of": peaks,
         "synthesizer": statement["synthesizer"], "refined": len(statement["measurements"]["cliques"]),
     }))
 
@@ -249,11 +258,13 @@ def run(cols=None, rows=None, methods=("mst-refined", "mst"), reps: int = 1) -> 
                     r = json.loads(res.read_text())
                     tvd = _tvd2(Path(tmp) / "table", synth, spec)
                     st = r["stages_s"]
-                    print(f"  wide {d} x {n:,} {method} rep={rep}: wall {r['wall_s']:.1f}s peak "
+                    print(f"  wide {d} x {n:,} {method} rep={rep}: wall {r['wall_s']:.1f}s "
+                          f"cpu {r.get('cpu_s', float('nan')):.1f}s peak "
                           f"{r['peak_rss_mb']:,.0f} MB 2-way TVD {tvd:.4f} stages "
                           + " ".join(f"{k}={v:.1f}" for k, v in st.items()), flush=True)
                     out.append({"benchmark": "wide", "columns": d, "rows": n, "method": method, "rep": rep,
-                                "wall_s": r["wall_s"], "peak_rss_mb": r["peak_rss_mb"], "tvd_2way": tvd,
+                                "wall_s": r["wall_s"], "cpu_s": r.get("cpu_s"), "stages_cpu_s": r.get("stages_cpu_s"),
+                                "peak_rss_mb": r["peak_rss_mb"], "tvd_2way": tvd,
                                 **{f"{k}_s": st.get(k, 0.0) for k in ("plan", "count", "mst", "refine", "fit",
                                                                       "generate")},
                                 "engine": r["synthesizer"].get("engine"),
@@ -262,7 +273,7 @@ def run(cols=None, rows=None, methods=("mst-refined", "mst"), reps: int = 1) -> 
     return out
 
 
-COLUMNS = [("columns", "columns"), ("rows", "rows"), ("method", "method"), ("wall_s", "wall s"),
+COLUMNS = [("columns", "columns"), ("rows", "rows"), ("method", "method"), ("wall_s", "wall s"), ("cpu_s", "CPU s"),
            ("count_s", "count s"), ("mst_s", "MST s"), ("refine_s", "refine s"), ("fit_s", "fit s"),
            ("generate_s", "generate s"), ("peak_rss_mb", "peak RSS MB"), ("tvd_2way", "2-way TVD"),
            ("engine", "engine")]

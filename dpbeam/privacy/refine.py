@@ -10,7 +10,9 @@ scores every unmeasured pair and measures the worst ones:
   fixed before the exact marginal is looked at, so the score moves by at most k when one unit (<= k rows) is added
   or removed: sensitivity k.
 - cliques are picked one at a time by the exponential mechanism (rho_sel each), among candidates that keep the
-  model's largest junction-tree clique within ``max_cells`` (a public limit, so the filter is free).
+  model's largest junction-tree clique within ``max_cells`` (a public limit applied to public sizes and earlier DP
+  outputs, so the filter is free); the filter bounds every candidate from one junction tree per draw, O(d^2) per draw
+  (see :func:`_select`).
 - each picked clique is measured with the discrete Gaussian, L2 sensitivity k (rho_meas each).
 
 Per round: up to ``per_round`` selections at rho_sel = 0.1 rho_round / per_round each; the rest of rho_round is split
