@@ -16,10 +16,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import adult, engines  # noqa: E402
-from benchmarks import torch_engine  # noqa: E402
+from benchmarks import torch_engine, wide  # noqa: E402
 from dpbeam.versions import library_versions  # noqa: E402
 
-SUITE = {"adult": adult, "engines": engines, "torch_engine": torch_engine}
+SUITE = {"adult": adult, "engines": engines, "torch_engine": torch_engine, "wide": wide}
 
 
 def machine() -> dict:
@@ -42,7 +42,8 @@ def main() -> None:
     ap.add_argument("names", nargs="*", default=list(SUITE))
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--eps", type=float, nargs="*", default=None, help="adult: epsilons")
-    ap.add_argument("--rows", type=int, nargs="*", default=None, help="engines: table sizes")
+    ap.add_argument("--rows", type=int, nargs="*", default=None, help="engines, wide: table sizes")
+    ap.add_argument("--cols", type=int, nargs="*", default=None, help="wide: numbers of columns")
     ap.add_argument("--engines", nargs="*", default=None, help="engines: which (local beam spark)")
     ap.add_argument("--pipelinedp-rows", type=int, default=None, help="engines: PipelineDP table size (0: skip)")
     args = ap.parse_args()
@@ -56,6 +57,8 @@ def main() -> None:
         if name == "engines":
             kwargs.update({k: v for k, v in (("rows", args.rows), ("engines", args.engines),
                                              ("pipelinedp_rows", args.pipelinedp_rows)) if v is not None})
+        if name == "wide":
+            kwargs.update({k: v for k, v in (("cols", args.cols), ("rows", args.rows)) if v is not None})
         rows = mod.run(**kwargs)
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         path = out_dir / f"{name}-{stamp}.json"

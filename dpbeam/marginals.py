@@ -11,6 +11,7 @@ in one cell, giving an L2 change of k; spreading them gives sqrt(k) or less).
 
 from __future__ import annotations
 
+import math
 from itertools import combinations
 from typing import Iterable, Mapping, Sequence
 
@@ -31,24 +32,29 @@ def count_cliques(
 ) -> dict[Clique, np.ndarray]:
     """Exact cubes of ``cliques`` over a code matrix (rows, columns in domain order).
 
-    Each row adds 1 (or its weight) to one cell of each cube.
+    Each row adds 1 (or its weight) to one cell of each cube. The raveled index is computed in int32 when the cube
+    has fewer than 2^31 cells (every 2-way cube of a wide table): half the memory traffic of int64, which is what a
+    pass over all d (d - 1) / 2 pairs is made of (1.15x to 1.4x faster on 40-100 columns, loaded 2-core machine).
     """
     sizes = domain.sizes
     out: dict[Clique, np.ndarray] = {}
-    cols: dict[int, np.ndarray] = {}
+    cols: dict[tuple[int, type], np.ndarray] = {}
 
-    def col(j: int) -> np.ndarray:
-        if j not in cols:
-            cols[j] = codes[:, j].astype(np.int64)
-        return cols[j]
+    def col(j: int, dtype: type) -> np.ndarray:
+        if (j, dtype) not in cols:
+            cols[(j, dtype)] = codes[:, j].astype(dtype)
+        return cols[(j, dtype)]
 
     for clique in cliques:
         idx = [domain.index(c) for c in clique]
         shape = tuple(sizes[j] for j in idx)
-        flat = col(idx[0])
+        cells = math.prod(shape)
+        dtype = np.int32 if cells < 2**31 else np.int64
+        flat = col(idx[0], dtype)
         for j in idx[1:]:
-            flat = flat * sizes[j] + col(j)
-        counts = np.bincount(flat, weights=weights, minlength=int(np.prod(shape)))
+            flat = flat * dtype(sizes[j])
+            flat += col(j, dtype)
+        counts = np.bincount(flat, weights=weights, minlength=cells)
         out[clique] = (counts if weights is not None else counts.astype(np.int64)).reshape(shape)
     return out
 

@@ -21,7 +21,7 @@ from mbi.marginal_loss import WeightedQuery  # noqa: E402
 
 from dpbeam.measurements import MeasurementsArtifact  # noqa: E402
 from dpbeam.synth.forward import ForwardSampler  # noqa: E402
-from dpbeam.synth.jtree import NamedTable, calibrate  # noqa: E402
+from dpbeam.synth.calibrate import NamedTable, calibrate  # noqa: E402
 
 ENGINE = "pgm"
 

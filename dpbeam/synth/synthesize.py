@@ -2,8 +2,8 @@
 
 Engines: ``pgm`` (Private-PGM via mbi: exact inference on the junction tree of the measured cliques) and ``torch``
 (relaxed projection, :mod:`dpbeam.synth.torch_engine`: any number of measured cliques, on a GPU when there is one).
-``auto`` picks ``pgm`` while its largest junction-tree clique fits in memory, ``torch`` otherwise. torch is imported
-only when its engine runs.
+``auto`` picks ``pgm`` while its largest junction-tree clique fits in memory, ``torch`` otherwise; the statement
+says which engine ran and why. torch is imported only when its engine runs.
 """
 
 from __future__ import annotations
@@ -20,22 +20,34 @@ from dpbeam.synth.generate import FittedModel, write_synthetic_table
 PGM_MAX_CELLS = 1 << 25
 
 
-def choose_engine(artifact: MeasurementsArtifact, requested: str = "auto") -> str:
+def engine_choice(artifact: MeasurementsArtifact, requested: str = "auto") -> tuple[str, str]:
+    """The engine to fit, and why, in words for the release statement (``synthesizer.engine_reason``).
+
+    The cost that decides is Private-PGM's memory: the cells of the largest junction-tree clique of the measured
+    cliques, computed by :func:`dpbeam.synth.jtree.max_cells` with mbi's own elimination rule (O(d^2), no junction
+    tree built by mbi). Within ``PGM_MAX_CELLS`` ``auto`` takes pgm (exact inference); beyond, torch (whose memory is
+    set by its relaxed table, not by the cliques). Post-processing: reads the artifact only."""
     if requested not in ("auto", "pgm", "torch"):
         raise SpecError(f"synthesizer.engine {requested!r} is not available; use auto, pgm or torch")
     if requested == "torch":
-        return "torch"
-    from dpbeam.synth import pgm
+        return "torch", "requested by the spec (synthesizer.engine: torch)"
+    from dpbeam.synth import jtree
 
-    cells = pgm.junction_tree_cells(artifact)
+    cells = jtree.max_cells(artifact.model_sizes, [tuple(m.clique) for m in artifact.measurements])
+    size = f"the largest junction-tree clique of the {len(artifact.measurements)} measured cliques has {cells:,} cells"
     if cells <= PGM_MAX_CELLS:
-        return "pgm"
+        how = "requested by the spec" if requested == "pgm" else "auto"
+        return "pgm", f"{how}: {size}, within Private-PGM's limit of {PGM_MAX_CELLS:,}"
     if requested == "pgm":
         raise SpecError(
             f"the measured cliques need a junction-tree clique of {cells:,} cells, beyond Private-PGM's limit of "
             f"{PGM_MAX_CELLS:,}; use engine torch (or auto), or measure fewer or smaller marginals (coarser bins)"
         )
-    return "torch"
+    return "torch", f"auto: {size}, beyond Private-PGM's limit of {PGM_MAX_CELLS:,}"
+
+
+def choose_engine(artifact: MeasurementsArtifact, requested: str = "auto") -> str:
+    return engine_choice(artifact, requested)[0]
 
 
 def _torch_engine():
@@ -94,7 +106,7 @@ def synthesize(
     from dpbeam import lake
 
     lake.check_output_free(out_uri, overwrite)
-    name = choose_engine(artifact, engine)
+    name, reason = engine_choice(artifact, engine)
     t0 = time.perf_counter()
     with reporter.stage(f"fitting {name} model (up to {iters} iterations)", total=iters) as advance:
         done = [0]
@@ -106,7 +118,8 @@ def synthesize(
         model = fit_model(artifact, name, iters=iters, seed=seed, progress=progress)
     fit_s = time.perf_counter() - t0
     n = rows if rows is not None else int(round(artifact.estimated_total()))
-    info = {"engine": model.engine, "device": _device(model), "iters": iters, "fit_seconds": round(fit_s, 3)}
+    info = {"engine": model.engine, "engine_reason": reason, "device": _device(model), "iters": iters,
+            "fit_seconds": round(fit_s, 3)}
     if name == "torch":
         info.update(relaxed_rows=model.rows, steps=model.steps,
                     loss_per_entry=round(model.loss / model.measured_entries, 4))
