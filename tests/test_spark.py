@@ -79,7 +79,7 @@ def test_heavy_unit_is_bounded_to_k(tmp_path, spark):
     heavy = small_table(n=5000, seed=11).add_column(0, "user_id", pa.array(np.full(5000, 10_000, dtype=np.int64)))
     light = small_table(n=600, seed=12, units=150)
     path = tmp_path / "heavy.parquet"
-    pq.write_table(pa.concat_tables([heavy, light]), path)
+    pq.write_table(pa.concat_tables([heavy.cast(light.schema), light]), path)
     k = 4
     plan = _plan(str(path), tmp_path, unit={"column": "user_id"}, max_rows_per_unit=k)
     got, want = _both(plan, BoundedCodes(plan.domain), spark, partitions=4)
