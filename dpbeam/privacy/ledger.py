@@ -443,3 +443,14 @@ def _admit(b: Budget, rho: float, delta_approx: float, run_delta: float, what: s
                if left > 0 else "Nothing is left: raise the budget with `dpbeam ledger set-budget` if that is "
                "justified, or wait for the period to pass")
         )
+
+
+def reserve_for(spec: Any, accountant: Any) -> Reservation:
+    """Reserve a job's budget (a :class:`dpbeam.spec.JobSpec` with a ``ledger`` section): its planned rho and the
+    delta its accountant sets aside for approximate mechanisms, under the spec's dataset name and privacy unit."""
+    led = spec.ledger
+    unit = spec.privacy.unit_column or "row"
+    return Ledger(led.uri, ttl_s=led.reservation_ttl_s).reserve(
+        led.dataset, unit, rho=accountant.rho, delta_approx=accountant.delta_reserved, epsilon=spec.privacy.epsilon,
+        delta=spec.privacy.delta, spec_sha256=spec.sha256(),
+    )
