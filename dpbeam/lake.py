@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 SUCCESS = "_SUCCESS"
 README = "_README.md"
+ICEBERG_CATALOG = "dpbeam"  # the catalog name dpbeam registers Iceberg tables under, in the SQL catalog
 
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -282,7 +283,7 @@ def _register_iceberg(table: Any, dataset: pads.Dataset, statement: dict[str, An
 
     from dpbeam.privacy.ledger import redact
 
-    catalog = SqlCatalog("dpbeam", uri=table.catalog_uri, warehouse=table.warehouse)
+    catalog = SqlCatalog(ICEBERG_CATALOG, uri=table.catalog_uri, warehouse=table.warehouse)
     namespace = table.identifier.rsplit(".", 1)[0]
     catalog.create_namespace_if_not_exists(namespace)
     tbl = catalog.create_table_if_not_exists(table.identifier, schema=dataset.schema)

@@ -26,7 +26,7 @@ from dpbeam.privacy.ledger import Ledger, LedgerBudgetError, LedgerError
 from dpbeam.spec import parse_spec
 
 HERE = os.path.dirname(__file__)
-RACERS = 6
+RACERS = 4
 
 
 # ----------------------------------------------------------------------------------------------------------------------
