@@ -275,3 +275,24 @@ def test_job_bad_input_refused_before_data(tmp_path, monkeypatch):
     assert [e["state"] for e in ledger.history("other")] == ["released"]
     assert ledger.budget("other").rho_used == 0.0
     assert len(read) == 1  # only the last attempt reached the data
+
+
+def test_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from dpbeam.cli import app
+
+    runner = CliRunner()
+    url = f"sqlite:///{tmp_path}/l.db"
+    ok = runner.invoke(app, ["ledger", "set-budget", "users", "--unit", "user_id", "--epsilon", "1", "--delta", "1e-6",
+                             "--ledger", url])
+    assert ok.exit_code == 0, ok.output
+    r = Ledger(url).reserve("users", "user_id", 0.01, 0.0, 0.5, 1e-6, "a" * 64)
+    shown = runner.invoke(app, ["ledger", "show", "users", "--json", "--ledger", url])
+    assert shown.exit_code == 0 and json.loads(shown.output)[0]["rho_used"] == 0.01
+    hist = runner.invoke(app, ["ledger", "history", "users", "--json", "--ledger", url])
+    assert [e["state"] for e in json.loads(hist.output)] == ["reserved"]
+    freed = runner.invoke(app, ["ledger", "release", r.entry, "--ledger", url])
+    assert freed.exit_code == 0 and Ledger(url).budget("users").rho_used == 0.0
+    again = runner.invoke(app, ["ledger", "release", r.entry, "--ledger", url])
+    assert again.exit_code == 2 and "is released" in again.output
