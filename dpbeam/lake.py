@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, Iterator
 import fsspec
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from dpbeam.errors import OutputExistsError
 
@@ -102,40 +101,6 @@ def read_json(dir_uri: str, name: str) -> Any:
         return json.load(f)
 
 
-class PartWriter:
-    """Writes a stream of Arrow tables as Parquet part files of about ``rows_per_part`` rows each."""
-
-    def __init__(self, dir_uri: str, schema: pa.Schema, rows_per_part: int = 5_000_000):
-        self.fs, self.path = filesystem(dir_uri)
-        self.schema = schema
-        self.rows_per_part = rows_per_part
-        self.parts = 0
-        self.rows = 0
-        self._writer: pq.ParquetWriter | None = None
-        self._file = None
-        self._in_part = 0
-
-    def _open(self) -> None:
-        self._file = self.fs.open(f"{self.path}/part-{self.parts:05d}.parquet", "wb")
-        self._writer = pq.ParquetWriter(self._file, self.schema, compression="zstd")
-        self.parts += 1
-        self._in_part = 0
-
-    def write(self, table: pa.Table) -> None:
-        if self._writer is None or self._in_part >= self.rows_per_part:
-            self.close()
-            self._open()
-        self._writer.write_table(table.cast(self.schema))
-        self._in_part += table.num_rows
-        self.rows += table.num_rows
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._file.close()
-            self._writer = self._file = None
-
-
 def arrow_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """A pyarrow filesystem and path for ``uri``: pyarrow's own for local paths, fsspec's wrapped otherwise."""
     fs, path = filesystem(uri)
@@ -147,7 +112,7 @@ def arrow_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
 class DatasetWriter:
     """Writes a stream of Arrow tables as a Parquet dataset: files of at most ``max_rows_per_file`` rows, row groups
     of ``row_group_rows``, hive directories ``column=value`` when ``partition_by`` is given. Buffers at most one
-    file's worth of rows. The same interface as :class:`PartWriter` (``write``, ``close``, ``rows``, ``parts``)."""
+    file's worth of rows."""
 
     def __init__(self, dir_uri: str, schema: pa.Schema, max_rows_per_file: int = 5_000_000,
                  row_group_rows: int = 1_000_000, partition_by: str | None = None):
