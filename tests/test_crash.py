@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 
-
 from dpbeam import lake
 from dpbeam.privacy.accountant import epsilon_for, rho_for
 from dpbeam.privacy.ledger import Ledger
