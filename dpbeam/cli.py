@@ -22,6 +22,10 @@ from dpbeam.progress import Reporter
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Differentially private synthetic tables.")
 console = Console(stderr=True)
 
+from dpbeam.ledger_cli import ledger_app  # noqa: E402
+
+app.add_typer(ledger_app, name="ledger")
+
 
 def _overrides(pairs: list[str] | None) -> dict[str, Any]:
     out = {}

@@ -82,6 +82,7 @@ class JobPlan:
     tasks: list[DiscoveryTask] = field(default_factory=list)
     expected_rows_kept: float | None = None  # DP estimate, when k was chosen by DP
     diagnostics: list[str] = field(default_factory=list)  # what discovery could not do, and what to change
+    reservation: Any = None  # the ledger's hold on this run's budget (dpbeam.privacy.ledger.Reservation), if any
 
     @property
     def unit_column(self) -> str | None:
@@ -128,7 +129,12 @@ def plan_job(spec: JobSpec, check_outputs: bool = True, engine: str = "local", *
     # Gaussian thresholding is approximate zCDP: half of delta is set aside for it when values are discovered.
     reserved = spec.privacy.delta / 2 if any(t.kind == "categorical" for t in tasks) else 0.0
     accountant = ZCDPAccountant(spec.privacy.epsilon, spec.privacy.delta, budget, delta_reserved=reserved)
-    return JobPlan(spec, source, accountant, domain, None if k_auto else spec.privacy.k, tasks)
+    plan = JobPlan(spec, source, accountant, domain, None if k_auto else spec.privacy.k, tasks)
+    if spec.ledger is not None:  # last: every check above passed; no row has been read
+        from dpbeam.privacy.ledger import reserve_for
+
+        plan.reservation = reserve_for(spec, accountant)
+    return plan
 
 
 def run_aggregation(
@@ -291,6 +297,28 @@ def measure(
     reporter: Reporter | None = None,
     **options: Any,
 ) -> MeasurementsArtifact:
+    """:func:`_measure`, and the ledger: a failure frees the run's reservation; measurements that exist mark it
+    spent (it counts for good), and the artifact's manifest points to the ledger entry."""
+    if plan.reservation is None:
+        return _measure(plan, engine, key, reporter, **options)
+    try:
+        artifact = _measure(plan, engine, key, reporter, **options)
+    except BaseException:
+        plan.reservation.release()
+        raise
+    plan.reservation.mark_spent(plan.spec.output.resolved_measurements_uri)
+    artifact.manifest["lineage"] = {**plan.reservation.lineage(), "output_uri": plan.spec.output.uri,
+                                    "measurements_uri": plan.spec.output.resolved_measurements_uri}
+    return artifact
+
+
+def _measure(
+    plan: JobPlan,
+    engine: str = "local",
+    key: BoundingKey | None = None,
+    reporter: Reporter | None = None,
+    **options: Any,
+) -> MeasurementsArtifact:
     """The trusted pass: DP discovery (if the spec leaves k or domains open), then bound, count, and run MST (and its
     refinement). Returns the artifact; exact counts are dropped here."""
     reporter = reporter or Reporter()
@@ -340,7 +368,8 @@ def run_job(
     plan = plan_job(spec, engine=engine, **options)
     artifact = measure(plan, engine, key=key, reporter=reporter, **options)
     artifact.write(spec.output.resolved_measurements_uri, overwrite=spec.output.overwrite)
-    return synthesize(
+    out = spec.output
+    statement = synthesize(
         artifact,
         spec.output.uri,
         rows=spec.output.rows,
@@ -349,4 +378,12 @@ def run_job(
         iters=spec.synthesizer.iters,
         overwrite=spec.output.overwrite,
         reporter=reporter,
+        layout={"max_rows_per_file": out.max_rows_per_file, "row_group_rows": out.row_group_rows,
+                "partition_by": out.partition_by},
     )
+    table_ref = None
+    if out.table is not None:
+        table_ref = lake.register_table(out.table, out.uri, statement, out.partition_by, out.uri.rstrip("/") + ".delta")
+    if plan.reservation is not None:  # after the table is committed; a failure above leaves the entry spent
+        plan.reservation.commit(statement, out.uri, out.resolved_measurements_uri, table_ref)
+    return statement

@@ -338,10 +338,47 @@ class SynthesizerSpec(_Model):
         return self
 
 
-class OutputSpec(_Model):
-    """Where the synthetic table goes. ``rows`` defaults to the DP estimate of the source's row count."""
+class TableSpec(_Model):
+    """Registration of the output as a table (see :mod:`dpbeam.lake`): ``iceberg`` in a SQL catalog
+    (``catalog_uri``, a SQLAlchemy URL; ``warehouse``; ``identifier`` namespace.table) or ``delta`` at ``location``
+    (default: output.uri + ".delta"). Each release becomes a new snapshot/version; the old ones stay readable."""
+
+    format: Literal["iceberg", "delta"]
+    catalog_uri: str | None = None
+    warehouse: str | None = None
+    identifier: str | None = None
+    location: str | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> "TableSpec":
+        if self.format == "iceberg" and not (self.catalog_uri and self.warehouse and self.identifier
+                                             and "." in self.identifier):
+            raise ValueError("an iceberg table needs catalog_uri, warehouse and identifier (namespace.table)")
+        return self
+
+
+class LedgerSpec(_Model):
+    """The privacy ledger (:mod:`dpbeam.privacy.ledger`): a SQLAlchemy URL and the dataset this run spends from.
+    Without it a run is not recorded; with it a run that the dataset's budget cannot afford is refused before any row
+    is read."""
 
     uri: str
+    dataset: str = Field(min_length=1, max_length=200)
+    reservation_ttl_s: float = Field(default=24 * 3600.0, gt=0, description="A reservation of a run killed before "
+                                     "its measurements existed stops counting after this many seconds.")
+
+
+class OutputSpec(_Model):
+    """Where the synthetic table goes. ``rows`` defaults to the DP estimate of the source's row count.
+
+    ``partition_by``: a column to partition the Parquet files by (hive layout). ``max_rows_per_file`` and
+    ``row_group_rows`` size the files."""
+
+    uri: str
+    partition_by: str | None = None
+    max_rows_per_file: int = Field(default=5_000_000, ge=1)
+    row_group_rows: int = Field(default=1_000_000, ge=1)
+    table: TableSpec | None = None
     rows: int | None = Field(default=None, ge=1)
     overwrite: bool = False
     measurements_uri: str | None = None
@@ -369,6 +406,7 @@ class JobSpec(_Model):
     columns: dict[str, ColumnSpec]
     synthesizer: SynthesizerSpec = SynthesizerSpec()
     output: OutputSpec
+    ledger: LedgerSpec | None = None
     seed: int = 0
 
     @field_validator("columns")
@@ -385,6 +423,13 @@ class JobSpec(_Model):
             raise ValueError(
                 f"columns.{col} is the privacy unit; identifiers are never synthesized. Remove it from columns"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _partition_column(self) -> "JobSpec":
+        col = self.output.partition_by
+        if col is not None and col not in self.columns:
+            raise ValueError(f"output.partition_by {col!r} is not a synthesized column; use one of {list(self.columns)}")
         return self
 
     def sha256(self) -> str:

@@ -25,7 +25,7 @@ def test_row_level_job(small_parquet, tmp_path):
     spec = spec.model_copy(update={"privacy": spec.privacy.model_copy(update={"epsilon": 20.0})})
     statement = run_job(spec)
     out = spec.output.uri
-    assert sorted(os.listdir(out)) == ["_SUCCESS", "_release.json", "part-00000.parquet"]
+    assert sorted(os.listdir(out)) == ["_README.md", "_SUCCESS", "_release.json", "part-00000-0.parquet"]
     synth = pq.read_table(out)
     real = pq.read_table(small_parquet)
     assert synth.schema.types == [real.schema.field(n).type for n in synth.schema.names]

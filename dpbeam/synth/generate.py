@@ -74,6 +74,7 @@ def release_statement(artifact: MeasurementsArtifact, synthesis: dict[str, Any])
         },
         "synthesizer": synthesis,
         "spec_sha256": artifact.manifest.get("spec_sha256"),
+        "lineage": artifact.manifest.get("lineage", {}),
         "library_versions": library_versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
     }
@@ -98,14 +99,16 @@ def write_synthetic_table(
     overwrite: bool = False,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     reporter: Reporter | None = None,
+    layout: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Sample ``rows`` rows chunk by chunk and commit them with ``_release.json``; return the release statement."""
+    """Sample ``rows`` rows chunk by chunk and commit them with ``_release.json`` and ``_README.md``; return the release
+    statement. ``layout``: file sizing and partitioning (:class:`dpbeam.lake.DatasetWriter`)."""
     reporter = reporter or Reporter()
     schema = output_schema(artifact)
     n_chunks = max(1, -(-rows // chunk_rows))
     seeds = np.random.SeedSequence(seed).spawn(n_chunks)
     with lake.atomic_directory(uri, overwrite=overwrite) as tmp:
-        writer = lake.PartWriter(tmp, schema)
+        writer = lake.DatasetWriter(tmp, schema, **(layout or {}))
         with reporter.stage("generating rows", total=rows) as advance:
             for i, ss in enumerate(seeds):
                 n = min(chunk_rows, rows - i * chunk_rows)
@@ -116,5 +119,5 @@ def write_synthetic_table(
                 advance(n)
         writer.close()
         statement = release_statement(artifact, {**synthesis, "rows": writer.rows, "seed": seed})
-        lake.write_json(tmp, "_release.json", statement)
+        lake.write_release(tmp, statement)
     return statement

@@ -98,8 +98,10 @@ def synthesize(
     iters: int = 1000,
     overwrite: bool = False,
     reporter: Reporter | None = None,
+    layout: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Fit a model to the artifact and write ``rows`` synthetic rows (default: the DP estimate of the row count)."""
+    """Fit a model to the artifact and write ``rows`` synthetic rows (default: the DP estimate of the row count);
+    ``layout``: :class:`dpbeam.lake.DatasetWriter`'s file sizing and partitioning."""
     reporter = reporter or Reporter()
     if isinstance(artifact, str):
         artifact = MeasurementsArtifact.read(artifact)
@@ -123,4 +125,5 @@ def synthesize(
     if name == "torch":
         info.update(relaxed_rows=model.rows, steps=model.steps,
                     loss_per_entry=round(model.loss / model.measured_entries, 4))
-    return write_synthetic_table(model, artifact, out_uri, n, seed, info, overwrite=overwrite, reporter=reporter)
+    return write_synthetic_table(model, artifact, out_uri, n, seed, info, overwrite=overwrite, reporter=reporter,
+                                 layout=layout)
