@@ -42,6 +42,7 @@ def _engine_options(pairs: list[str] | None) -> dict[str, Any]:
 
 
 DEBUG_HELP = "On an error, print the full traceback (it may quote data: use it on the trusted side only)."
+VERBOSE_HELP = "Print the time each stage took (durations only, for the operator's console; never counts)."
 
 
 def _fail(err: Exception, command: str, reporter: Reporter | None, debug: bool) -> None:
@@ -71,6 +72,7 @@ def demo(
     epsilon: float = typer.Option(1.0, help="Privacy budget epsilon (delta is 1e-9)."),
     overwrite: bool = typer.Option(False, help="Replace an earlier demo output."),
     debug: bool = typer.Option(False, help=DEBUG_HELP),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
     """Run the whole job on the embedded UCI Adult table, in-process (local engine)."""
     try:
@@ -86,6 +88,7 @@ def demo(
         set_=[f"output.uri={(out / 'adult-synthetic').resolve()}", f"privacy.epsilon={epsilon}"],
         engine_option=None,
         debug=debug,
+        verbose=verbose,
     )
 
 
@@ -99,6 +102,7 @@ def run(
         None, "--engine-option", help="An engine option KEY=VALUE (e.g. runner=FnApiRunner, master=local[2])."
     ),
     debug: bool = typer.Option(False, help=DEBUG_HELP),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
     """Measure and synthesize: source table -> DP measurements -> synthetic Parquet table + release statement."""
     overrides = _overrides(set_)
@@ -111,7 +115,7 @@ def run(
         from dpbeam.progress import RichReporter
         from dpbeam.spec import load_spec
 
-        reporter = RichReporter(console)
+        reporter = RichReporter(console, verbose=verbose)
         job = load_spec(spec, overrides)
         statement = run_job(job, engine=engine, reporter=reporter, **options)
         _report(statement, job.output.uri)
@@ -128,6 +132,7 @@ def measure(
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a spec field: KEY=VALUE, repeatable."),
     engine_option: Optional[List[str]] = typer.Option(None, "--engine-option", help="An engine option KEY=VALUE."),
     debug: bool = typer.Option(False, help=DEBUG_HELP),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
     """The trusted half only: write the DP measurements artifact (no synthetic rows)."""
     overrides = _overrides(set_)
@@ -140,7 +145,7 @@ def measure(
         from dpbeam.progress import RichReporter
         from dpbeam.spec import load_spec
 
-        reporter = RichReporter(console)
+        reporter = RichReporter(console, verbose=verbose)
         job = load_spec(spec, overrides)
         target = out or job.output.resolved_measurements_uri
         lake.check_output_free(target, overwrite, "measurements output")
@@ -149,6 +154,7 @@ def measure(
         artifact.write(target, overwrite=overwrite)
         console.print(f"[green]wrote[/] measurements to {target}")
         console.print(json.dumps({k: artifact.privacy[k] for k in ("epsilon", "delta", "rho")}))  # the budget's
+        reporter.report_timings()
     except Exception as err:
         _fail(err, "measure", reporter, debug)
 
@@ -167,6 +173,7 @@ def synthesize(
     iters: int = typer.Option(1000, help="Optimization iterations."),
     overwrite: bool = typer.Option(False, help="Replace an existing table."),
     debug: bool = typer.Option(False, help=DEBUG_HELP),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
     """Post-processing only: measurements -> synthetic Parquet table + release statement."""
     reporter = None
@@ -174,12 +181,13 @@ def synthesize(
         from dpbeam.progress import RichReporter
         from dpbeam.synth.synthesize import synthesize as run_synthesis
 
-        reporter = RichReporter(console)
+        reporter = RichReporter(console, verbose=verbose)
         statement = run_synthesis(
             measurements, out, rows=rows, seed=seed, engine=engine, iters=iters, overwrite=overwrite,
             reporter=reporter,
         )
         _report(statement, out)
+        reporter.report_timings()
     except Exception as err:
         _fail(err, "synthesize", reporter, debug)
 

@@ -149,7 +149,7 @@ def run_aggregation(
 ):
     """Run one bounded aggregation on the chosen engine (see :mod:`dpbeam.aggregate`)."""
     module = engine_module(engine)
-    with reporter.stage(f"reading, bounding and {what} ({engine} engine)") as advance:
+    with reporter.timed("read, bound and count"), reporter.stage(f"reading, bounding and {what} ({engine} engine)") as advance:
         return module.run_aggregation(
             plan.source, aggregation, plan.unit_column, k if k is not None else plan.k, key, advance=advance,
             null_units=plan.spec.privacy.null_units, **options,
@@ -327,18 +327,19 @@ def _measure(
     counts = MarginalCounts(plan.domain, required_cliques(plan.domain.names))
     cubes = run_aggregation(plan, counts, engine, key, reporter, **options)
     k, syn = plan.k, plan.spec.synthesizer
-    planned = "refine" in plan.accountant.plan
-    refine = planned and decide_refinement(
-        cubes, plan.domain, k, plan.accountant, syn.refine_per_round, syn.refine_rounds
-    )
-    if planned and not refine:
-        reporter.say("refinement would drown in noise at this budget: running plain MST with the whole budget")
-    result = run_mst(cubes, plan.domain, k, plan.accountant, reporter.say)
-    if refine:
-        result = run_refinement(
-            cubes, plan.domain, k, plan.accountant, result, rounds=syn.refine_rounds, per_round=syn.refine_per_round,
-            max_cells=syn.max_model_cells, progress=reporter.say,
+    with reporter.timed("select and measure"):
+        planned = "refine" in plan.accountant.plan
+        refine = planned and decide_refinement(
+            cubes, plan.domain, k, plan.accountant, syn.refine_per_round, syn.refine_rounds
         )
+        if planned and not refine:
+            reporter.say("refinement would drown in noise at this budget: running plain MST with the whole budget")
+        result = run_mst(cubes, plan.domain, k, plan.accountant, reporter.say)
+        if refine:
+            result = run_refinement(
+                cubes, plan.domain, k, plan.accountant, result, rounds=syn.refine_rounds,
+                per_round=syn.refine_per_round, max_cells=syn.max_model_cells, progress=reporter.say,
+            )
     del cubes
     manifest = {
         "method": syn.method,
@@ -367,7 +368,8 @@ def run_job(
     reporter = reporter or Reporter()
     plan = plan_job(spec, engine=engine, **options)
     artifact = measure(plan, engine, key=key, reporter=reporter, **options)
-    artifact.write(spec.output.resolved_measurements_uri, overwrite=spec.output.overwrite)
+    with reporter.timed("write measurements"):
+        artifact.write(spec.output.resolved_measurements_uri, overwrite=spec.output.overwrite)
     out = spec.output
     statement = synthesize(
         artifact,
@@ -386,4 +388,5 @@ def run_job(
         table_ref = lake.register_table(out.table, out.uri, statement, out.partition_by, out.uri.rstrip("/") + ".delta")
     if plan.reservation is not None:  # after the table is committed; a failure above leaves the entry spent
         plan.reservation.commit(statement, out.uri, out.resolved_measurements_uri, table_ref)
+    reporter.report_timings()
     return statement

@@ -9,6 +9,7 @@ catalog table has no file listing) shows a spinner and the elapsed time, no coun
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Iterator
 
 from rich.console import Console
@@ -41,6 +42,21 @@ class Reporter:
 
     def __init__(self) -> None:
         self.current_stage: str | None = None
+        self.timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        """Add the wall time of the block to ``timings[name]`` (durations only, never counts). Durations of the
+        trusted pass are for the operator's console (``--verbose``); only post-processing durations go into a
+        release statement (timing is not protected: see the README's threat model)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+
+    def report_timings(self) -> None:
+        """Print the timing breakdown (verbose reporters only)."""
 
     @contextlib.contextmanager
     def stage(self, description: str, total: float | None = None) -> Iterator[Ticker]:
@@ -90,9 +106,15 @@ class _RichTicker(Ticker):
 
 
 class RichReporter(Reporter):
-    def __init__(self, console: Console | None = None):
+    def __init__(self, console: Console | None = None, verbose: bool = False):
         super().__init__()
         self.console = console or Console(stderr=True)
+        self.verbose = verbose
+
+    def report_timings(self) -> None:
+        if self.verbose and self.timings:
+            parts = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.timings.items())
+            self.console.print(f"time per stage: {parts}")
 
     @contextlib.contextmanager
     def stage(self, description: str, total: float | None = None) -> Iterator[Ticker]:

@@ -7,6 +7,7 @@ expanded from the model domain to the original codes, decoded to values and writ
 from __future__ import annotations
 
 import datetime as _dt
+import time
 from typing import Any, Protocol
 
 import numpy as np
@@ -102,8 +103,11 @@ def write_synthetic_table(
     layout: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Sample ``rows`` rows chunk by chunk and commit them with ``_release.json`` and ``_README.md``; return the release
-    statement. ``layout``: file sizing and partitioning (:class:`dpbeam.lake.DatasetWriter`)."""
+    statement. ``layout``: file sizing and partitioning (:class:`dpbeam.lake.DatasetWriter`). The statement's
+    synthesis section records post-processing durations only (fit, generate and write): they depend on the
+    measurements and the row count asked for, never on the sensitive table."""
     reporter = reporter or Reporter()
+    t0 = time.perf_counter()
     schema = output_schema(artifact)
     n_chunks = max(1, -(-rows // chunk_rows))
     seeds = np.random.SeedSequence(seed).spawn(n_chunks)
@@ -118,6 +122,8 @@ def write_synthetic_table(
                 writer.write(table)
                 advance(n)
         writer.close()
-        statement = release_statement(artifact, {**synthesis, "rows": writer.rows, "seed": seed})
+        synthesis = {**synthesis, "rows": writer.rows, "seed": seed,
+                     "generate_seconds": round(time.perf_counter() - t0, 3)}
+        statement = release_statement(artifact, synthesis)
         lake.write_release(tmp, statement)
     return statement

@@ -110,7 +110,7 @@ def synthesize(
     lake.check_output_free(out_uri, overwrite)
     name, reason = engine_choice(artifact, engine)
     t0 = time.perf_counter()
-    with reporter.stage(f"fitting {name} model (up to {iters} iterations)", total=iters) as advance:
+    with reporter.timed("fit"), reporter.stage(f"fitting {name} model (up to {iters} iterations)", total=iters) as advance:
         done = [0]
 
         def progress(step: int, _loss: float) -> None:
@@ -125,5 +125,6 @@ def synthesize(
     if name == "torch":
         info.update(relaxed_rows=model.rows, steps=model.steps,
                     loss_per_entry=round(model.loss / model.measured_entries, 4))
-    return write_synthetic_table(model, artifact, out_uri, n, seed, info, overwrite=overwrite, reporter=reporter,
-                                 layout=layout)
+    with reporter.timed("generate and write"):
+        return write_synthetic_table(model, artifact, out_uri, n, seed, info, overwrite=overwrite,
+                                     reporter=reporter, layout=layout)
