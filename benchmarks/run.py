@@ -15,11 +15,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import adult, engines  # noqa: E402
+from benchmarks import adult, engines, generation  # noqa: E402
 from benchmarks import torch_engine, wide  # noqa: E402
 from dpbeam.versions import library_versions  # noqa: E402
 
-SUITE = {"adult": adult, "engines": engines, "torch_engine": torch_engine, "wide": wide}
+SUITE = {"adult": adult, "engines": engines, "torch_engine": torch_engine, "wide": wide, "generation": generation}
 
 
 def machine() -> dict:
@@ -54,6 +54,10 @@ def main() -> None:
         kwargs = {"reps": args.reps}
         if args.eps and name == "adult":
             kwargs["epsilons"] = tuple(args.eps)
+        if name == "generation":
+            kwargs["reps"] = min(args.reps, 2)
+            if args.rows:
+                kwargs["rows"] = args.rows[0]
         if name == "engines":
             kwargs.update({k: v for k, v in (("rows", args.rows), ("engines", args.engines),
                                              ("pipelinedp_rows", args.pipelinedp_rows)) if v is not None})

@@ -13,7 +13,6 @@ import numpy as np
 from dpbeam.synth import _jax  # noqa: F401  (must precede mbi)
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import mbi  # noqa: E402
 import networkx as nx  # noqa: E402
 from mbi import CliqueVector, Factor, estimation, junction_tree, marginal_loss  # noqa: E402
@@ -79,7 +78,7 @@ class PGMModel:
         for c in potentials.cliques:
             dom = potentials.domain.project(c)
             home = next(t for t in tables if set(c) <= set(t))
-            marginals[c] = Factor(dom, jnp.asarray(NamedTable(home, tables[home]).project(tuple(dom.attributes)).values))
+            marginals[c] = Factor(dom, NamedTable(home, tables[home]).project(tuple(dom.attributes)).values)
         marginals = CliqueVector(potentials.domain, list(potentials.cliques), marginals)
         model = cls(mbi.MarkovRandomField(potentials=potentials, marginals=marginals, total=total), names, iters=iters)
         model.__dict__["calibrated"] = calibrated  # the cached property below, already computed
@@ -151,16 +150,21 @@ def convergence_tolerance(artifact: MeasurementsArtifact) -> float:
     return float(np.sqrt(sum(np.size(m.values) for m in artifact.measurements) / 2))
 
 
-def _warm_potentials(warm_start: "PGMModel | None", domain: mbi.Domain, cliques) -> CliqueVector:
-    """The warm start's potentials over ``cliques`` (zeros on cliques it lacks), or zeros when it does not fit this
-    domain or its cliques are not all held by ``cliques``."""
-    zeros = CliqueVector.zeros(domain, cliques)
-    if warm_start is None or warm_start.model.domain != domain:
-        return zeros
-    old = warm_start.model.potentials
-    if not all(any(set(c) <= set(n) for n in cliques) for c in old.cliques):
-        return zeros
-    return old.expand(list(cliques))
+def _potentials(warm_start: "PGMModel | None", domain: mbi.Domain, cliques) -> CliqueVector:
+    """Log-potentials over ``cliques`` to start from, in numpy (no small JAX programs to compile): zeros, or the warm
+    start's potentials, each added to the first clique that holds it. A warm start over another domain, or with a
+    clique that no clique here holds, is ignored."""
+    tables = {c: np.zeros(domain.project(c).shape) for c in cliques}
+    if warm_start is not None and warm_start.model.domain == domain:
+        old = warm_start.model.potentials
+        homes = [next((c for c in cliques if set(o) <= set(c)), None) for o in old.cliques]
+        if all(h is not None for h in homes):
+            for o, home in zip(old.cliques, homes):
+                attrs = tuple(domain.project(home).attributes)
+                f = old[o]
+                table = NamedTable(tuple(f.domain.attributes), np.asarray(f.values, dtype=np.float64))
+                tables[home] = tables[home] + table.aligned(attrs)
+    return CliqueVector(domain, list(cliques), {c: Factor(domain.project(c), t) for c, t in tables.items()})
 
 
 def fit(
@@ -181,15 +185,16 @@ def fit(
     total = artifact.estimated_total()
     loss_fn = marginal_loss.from_linear_measurements(_mbi_measurements(artifact), domain)
     estimator = estimation.MirrorDescent()
-    potentials = _warm_potentials(warm_start, domain, loss_fn.cliques)
+    potentials = _potentials(warm_start, domain, loss_fn.cliques)
     # The state's marginals and loss are outputs of a step, never inputs: start them as zeros of the right shape
-    # instead of running mbi's _init, which would compile the inference and the loss a second time.
+    # (traced, not run) instead of running mbi's _init, which compiles the inference and the loss once more. Every
+    # leaf is a strongly typed numpy array, as the step returns them, so the block of steps compiles once.
     shapes = jax.eval_shape(functools.partial(estimator._init, domain), loss_fn, total)
     state = estimation.MirrorDescentState(
-        jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes.mu),
+        jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes.mu),
         potentials,
-        jnp.asarray(2.0 / (loss_fn.lipschitz * total)),  # mbi's initial step size
-        jnp.asarray(jnp.inf),
+        np.float64(2.0 / (loss_fn.lipschitz * total)),  # mbi's initial step size
+        np.float64(np.inf),
     )
     tolerance = convergence_tolerance(artifact)
     done, calm, last = 0, 0, np.inf

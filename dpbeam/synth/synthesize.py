@@ -64,9 +64,11 @@ def fit_model(
     iters: int = 1000,
     seed: int = 0,
     progress: Callable[[int, float], None] | None = None,
+    warm_start: Any = None,
 ) -> FittedModel:
     """Fit the chosen engine; ``progress(step, loss)`` reports steps done (at most ``iters``; Private-PGM reports no
-    loss, so it passes nan)."""
+    loss, so it passes nan). ``warm_start``: a Private-PGM model fitted to a subset of the artifact's measurements
+    (the refinement's), where the pgm fit starts; ignored by torch."""
     if choose_engine(artifact, engine) == "torch":
         return _torch_engine().fit(artifact, steps=iters, seed=seed, progress=progress, report_every=10)
     from dpbeam.synth import pgm
@@ -77,7 +79,8 @@ def fit_model(
         done[0] += n
         progress(min(done[0], iters), float("nan"))
 
-    return pgm.fit(artifact, iters=iters, seed=seed, progress=pgm_progress if progress else None)
+    return pgm.fit(artifact, iters=iters, seed=seed, progress=pgm_progress if progress else None,
+                   warm_start=warm_start if isinstance(warm_start, pgm.PGMModel) else None)
 
 
 def _device(model: FittedModel) -> str:
@@ -99,9 +102,11 @@ def synthesize(
     overwrite: bool = False,
     reporter: Reporter | None = None,
     layout: dict[str, Any] | None = None,
+    warm_start: Any = None,
 ) -> dict[str, Any]:
     """Fit a model to the artifact and write ``rows`` synthetic rows (default: the DP estimate of the row count);
-    ``layout``: :class:`dpbeam.lake.DatasetWriter`'s file sizing and partitioning."""
+    ``layout``: :class:`dpbeam.lake.DatasetWriter`'s file sizing and partitioning; ``warm_start``: see
+    :func:`fit_model`."""
     reporter = reporter or Reporter()
     if isinstance(artifact, str):
         artifact = MeasurementsArtifact.read(artifact)
@@ -117,11 +122,13 @@ def synthesize(
             advance(step - done[0])
             done[0] = step
 
-        model = fit_model(artifact, name, iters=iters, seed=seed, progress=progress)
+        model = fit_model(artifact, name, iters=iters, seed=seed, progress=progress, warm_start=warm_start)
     fit_s = time.perf_counter() - t0
     n = rows if rows is not None else int(round(artifact.estimated_total()))
     info = {"engine": model.engine, "engine_reason": reason, "device": _device(model), "iters": iters,
             "fit_seconds": round(fit_s, 3)}
+    if name == "pgm":
+        info["iters_run"] = model.iters  # the fit stops once the noisy loss levels off (pgm.PATIENCE)
     if name == "torch":
         info.update(relaxed_rows=model.rows, steps=model.steps,
                     loss_per_entry=round(model.loss / model.measured_entries, 4))

@@ -1,0 +1,170 @@
+"""The PGM engine's numpy sampler and inference: rows follow the model, the rounding is stratified, the seed decides.
+
+Statistical checks use fixed seeds. A cell of probability p estimated from n independent rows scatters by
+sqrt(p (1 - p) / n); every bound below is 5 of those (plus 1/n for the rounding), so a correct sampler passes
+whatever the seed (per-cell false alarm ~6e-7), while a sampler off by a few percent of a cell fails.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dpbeam.synth.forward import ForwardSampler
+from dpbeam.synth.jtree import NamedTable, calibrate
+
+SIZES = {"a": 4, "b": 3, "c": 5}
+
+
+def _chain() -> tuple[dict, np.ndarray]:
+    """A chain a - b - c: tables on (a, b) and (b, c) that agree on b, and the joint p(a, b) p(c | b)."""
+    rng = np.random.default_rng(1)
+    ab = rng.dirichlet(np.ones(12)).reshape(4, 3)
+    c_given_b = rng.dirichlet(np.ones(5) * 0.5, size=3)
+    bc = ab.sum(0)[:, None] * c_given_b
+    joint = ab[:, :, None] * c_given_b[None, :, :]
+    return {("a", "b"): ab, ("b", "c"): bc}, joint
+
+
+def _within_sampling_error(empirical: np.ndarray, p: np.ndarray, n: int) -> bool:
+    # 5 standard deviations of a cell's frequency, plus one row of rounding
+    return bool(np.all(np.abs(empirical - p) <= 5 * np.sqrt(p * (1 - p) / n) + 1 / n))
+
+
+def _freq(codes: np.ndarray, cols: list[int], shape: tuple[int, ...]) -> np.ndarray:
+    flat = np.ravel_multi_index(tuple(codes[:, j].astype(np.int64) for j in cols), shape)
+    return np.bincount(flat, minlength=int(np.prod(shape))).reshape(shape) / len(codes)
+
+
+@pytest.mark.parametrize("method", ["round", "sample"])
+def test_rows_follow_the_joint_distribution(method):
+    tables, joint = _chain()
+    sampler = ForwardSampler(["a", "b", "c"], SIZES, tables, ["a", "b", "c"])
+    n = 200_000
+    codes = sampler.sample(n, np.random.default_rng(7), method)
+    assert codes.shape == (n, 3) and codes.max(axis=0).tolist() <= [3, 2, 4]
+    # the 3-way joint, not only the measured pairs: a and c are independent given b, in the sample too
+    assert _within_sampling_error(_freq(codes, [0, 1, 2], (4, 3, 5)), joint, n)
+
+
+def test_a_cell_off_by_ten_percent_is_caught():
+    """The bound above has teeth: for the largest cell (p ~ 0.07, 5 sigma ~ 0.0029, 4% of p) the same check rejects a
+    joint that is 10% off there, and a joint that drops the a - c link through b (a and c independent)."""
+    tables, joint = _chain()
+    codes = ForwardSampler(["a", "b", "c"], SIZES, tables, ["a", "b", "c"]).sample(200_000, np.random.default_rng(7))
+    freq = _freq(codes, [0, 1, 2], (4, 3, 5))
+    wrong = joint.copy()
+    wrong[np.unravel_index(np.argmax(joint), joint.shape)] *= 1.10
+    assert not _within_sampling_error(freq, wrong / wrong.sum(), 200_000)
+    independent = joint.sum((1, 2))[:, None, None] * joint.sum(0)[None, :, :]
+    assert not _within_sampling_error(freq, independent, 200_000)
+
+
+def test_rounding_is_stratified_within_each_parent_cell():
+    """With method="round", among the m rows of a parent cell the count of each code is within 2 of m p(code | cell)
+    (each cumulative count is within 1 of m F); independent draws would scatter by sqrt(m p (1 - p)) ~ 30 here."""
+    tables, _ = _chain()
+    sampler = ForwardSampler(["a", "b", "c"], SIZES, tables, ["c", "b", "a"])  # drawn in reverse: a, then b | a, c | b
+    assert [s.parents for s in sampler.steps] == [(), (0,), (1,)]
+    codes = sampler.sample(100_000, np.random.default_rng(3), "round")
+    a_counts = np.bincount(codes[:, 0], minlength=4)
+    assert np.all(np.abs(a_counts - 100_000 * tables[("a", "b")].sum(1)) < 2)
+    ab = tables[("a", "b")]
+    bc = tables[("b", "c")]
+    for a in range(4):
+        rows = codes[codes[:, 0] == a]
+        b_counts = np.bincount(rows[:, 1], minlength=3)
+        assert np.all(np.abs(b_counts - len(rows) * ab[a] / ab[a].sum()) < 2)
+    for b in range(3):
+        rows = codes[codes[:, 1] == b]
+        c_counts = np.bincount(rows[:, 2], minlength=5)
+        assert np.all(np.abs(c_counts - len(rows) * bc[b] / bc[b].sum()) < 2)
+
+
+def test_seeded_and_leaves_numpy_global_state_alone():
+    tables, _ = _chain()
+    sampler = ForwardSampler(["a", "b", "c"], SIZES, tables, ["a", "b", "c"])
+    state = np.random.get_state()[1].copy()
+    one = sampler.sample(5000, np.random.default_rng(11))
+    assert np.array_equal(one, sampler.sample(5000, np.random.default_rng(11)))
+    assert not np.array_equal(one, sampler.sample(5000, np.random.default_rng(12)))
+    assert np.array_equal(state, np.random.get_state()[1])
+
+
+def test_zero_rows_and_an_unreachable_parent_cell():
+    tables, _ = _chain()
+    tables[("a", "b")][:, 2] = 0.0  # b = 2 never happens: its c | b row has no mass
+    tables[("b", "c")][2] = 0.0
+    sampler = ForwardSampler(["a", "b", "c"], SIZES, tables, ["a", "b", "c"])
+    assert sampler.sample(0, np.random.default_rng(0)).shape == (0, 3)
+    codes = sampler.sample(20_000, np.random.default_rng(0))
+    assert not np.any(codes[:, 1] == 2)
+
+
+def test_calibration_matches_brute_force():
+    """Log-potentials on (a, b), (b, c) and (c,): the numpy junction-tree marginals equal the brute-force joint's."""
+    rng = np.random.default_rng(5)
+    pots = [NamedTable(("a", "b"), rng.normal(size=(4, 3))), NamedTable(("c", "b"), rng.normal(size=(5, 3))),
+            NamedTable(("c",), rng.normal(size=5))]
+    joint = np.exp(pots[0].values[:, :, None] + pots[1].values.T[None, :, :] + pots[2].values[None, None, :])
+    joint *= 1000 / joint.sum()
+    cliques = [("a", "b"), ("b", "c")]
+    out = calibrate(pots, cliques, [(("a", "b"), ("b", "c")), (("b", "c"), ("a", "b"))], SIZES, 1000.0)
+    np.testing.assert_allclose(out[("a", "b")], joint.sum(2), rtol=1e-10)
+    np.testing.assert_allclose(out[("b", "c")], joint.sum(0), rtol=1e-10)
+
+
+def _artifact(n: int = 4000, seed: int = 0):
+    from dpbeam.domain import BinnedDomain, TableDomain
+    from dpbeam.marginals import count_cliques
+    from dpbeam.measurements import MeasurementsArtifact
+    from dpbeam.privacy.accountant import ZCDPAccountant
+    from dpbeam.privacy.mst import mst_plan, required_cliques, run_mst
+
+    sizes = [4, 3, 5, 2]
+    dom = TableDomain(tuple(BinnedDomain(f"c{i}", "int64", False, edges=tuple(range(s + 1)))
+                            for i, s in enumerate(sizes)))
+    rng = np.random.default_rng(seed)
+    c0 = rng.integers(0, 4, n)
+    codes = np.stack([c0, (c0 + rng.integers(0, 2, n)) % 3, (c0 + rng.integers(0, 3, n)) % 5, c0 % 2], 1)
+    cubes = count_cliques(codes.astype(np.uint8), dom, required_cliques(dom.names))
+    result = run_mst(cubes, dom, 1, ZCDPAccountant(2.0, 1e-9, mst_plan(len(sizes))))
+    return MeasurementsArtifact(dom, result.compression, result.measurements, {}, {})
+
+
+def test_pgm_rows_match_the_models_pair_marginals():
+    """Rows drawn from a fitted model agree with the model's own 2-way marginals (mbi's variable elimination) within
+    sampling error, for every pair, measured or not."""
+    from itertools import combinations
+
+    from dpbeam.synth import pgm
+
+    artifact = _artifact()
+    model = pgm.fit(artifact, iters=100)
+    n = 100_000
+    codes = model.sample(n, seed=3)
+    sizes = artifact.model_sizes
+    for i, j in combinations(range(len(model.names)), 2):
+        a, b = model.names[i], model.names[j]
+        p = model.marginal((a, b))
+        assert _within_sampling_error(_freq(codes, [i, j], (sizes[a], sizes[b])), p / p.sum(), n), (a, b)
+
+
+def test_fit_stops_once_the_loss_levels_off_and_warm_starts_keep_the_model():
+    from dpbeam.measurements import MeasurementsArtifact
+    from dpbeam.synth import pgm
+
+    artifact = _artifact()
+    stopped = pgm.fit(artifact, iters=3000)
+    full = pgm.fit(artifact, iters=300, converge=False)
+    assert full.iters == 300
+    assert stopped.iters < 3000  # a loss that falls by < sqrt(N / 2) per 50 iterations, twice, ends the fit
+    # a warm start from a model of a subset of the measurements begins at that model exactly
+    subset = MeasurementsArtifact(artifact.domain, artifact.compression,
+                                  tuple(m for m in artifact.measurements if len(m.clique) == 1), {}, {})
+    small = pgm.fit(subset, iters=100)
+    domain = pgm._mbi_domain(artifact)
+    cliques = [tuple(m.clique) for m in artifact.measurements if len(m.clique) == 2]
+    start = pgm.PGMModel.of(pgm._potentials(small, domain, cliques), small.model.total, small.names)
+    for n in small.names:
+        np.testing.assert_allclose(start.marginal((n,)), small.marginal((n,)), rtol=1e-9)
