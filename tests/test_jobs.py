@@ -100,9 +100,9 @@ def test_beam_main_then_synthesis_then_register(tmp_path):
     table = pq.read_table(out)
     assert table.column_names == list(artifact.domain.names)
     assert set(table.column("event_type").to_pylist()) <= {
-        "page_view", "search", "add_to_cart", "checkout", "purchase", "refund", "login", "logout"}
+        "page_view", "search", "add_to_cart", "checkout", "purchase", "refund", "login", "logout", "__other__"}  # the spec's values and its other code
     statement = json.loads((tmp_path / "statement.json").read_text())
-    assert statement["privacy"]["epsilon"] == 1.0
+    assert statement["epsilon"] == 1.0 and statement["privacy_unit"] == "column user_id"
     assert ledger.entry(entry)["state"] == "spent"  # synthesis is post-processing: it does not touch the ledger
 
     ok(run_main("jobs.register_main", "--ledger", ledger_url, "--measurements", str(meas), "--out", str(out)))
