@@ -145,3 +145,40 @@ def test_entrypoint_errors_are_one_line_and_quote_no_data(tmp_path):
     proc = run_main("jobs.synthesize_main", "--measurements", str(tmp_path / "missing"), "--out", str(tmp_path / "x"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert not (tmp_path / "x").exists()
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, comments dropped."""
+    text = path.read_text().replace("\\\n", " ")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    return [(ln.split(None, 1)[0].upper(), ln.split(None, 1)[1] if " " in ln else "") for ln in lines]
+
+
+@pytest.mark.parametrize("name", ["flex-template.Dockerfile", "synthesis.Dockerfile"])
+def test_dockerfiles_copy_what_exists_and_run_what_imports(name):
+    """Not built here (no registry): every COPY source exists in the repository, every extra installed exists in
+    pyproject.toml, and what the image runs (its ENTRYPOINT module, or the flex template's main file) imports."""
+    import importlib
+    import re
+    import tomllib
+
+    steps = dockerfile_instructions(ROOT / "jobs" / "docker" / name)
+    assert steps[0][0] == "FROM" and all(op in {"FROM", "COPY", "WORKDIR", "RUN", "ENV", "ENTRYPOINT"} for op, _ in steps)
+    for op, args in steps:
+        if op == "COPY" and not args.startswith("--from"):
+            for src in args.split()[:-1]:
+                assert (ROOT / src).exists(), f"{name}: COPY {src} does not exist"
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    for op, args in steps:
+        for group in re.findall(r'"\.\[([a-z,]+)\]"', args) if op == "RUN" else []:
+            assert set(group.split(",")) <= extras, f"{name}: unknown extra in {group}"
+    env = dict(a.split("=", 1) for op, a in steps if op == "ENV")
+    entry = json.loads(next(a for op, a in steps if op == "ENTRYPOINT"))
+    if "FLEX_TEMPLATE_PYTHON_PY_FILE" in env:
+        main = Path(env["FLEX_TEMPLATE_PYTHON_PY_FILE"]).relative_to(env["PYTHONPATH"])
+        assert (ROOT / main).is_file()
+        module = ".".join(main.with_suffix("").parts)
+    else:
+        assert entry[:2] == ["python", "-m"]
+        module = entry[2]
+    assert callable(importlib.import_module(module).main)

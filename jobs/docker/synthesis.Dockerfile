@@ -1,7 +1,8 @@
 # Synthesis (post-processing only): measurements artifact in, synthetic Parquet out. Runs on a GPU when one is
 # visible (CUDA build of torch), else on the CPU. It needs no access to raw data, and its service account has none.
 # Build from the repository root:  docker build -f jobs/docker/synthesis.Dockerfile -t REGION-docker.pkg.dev/P/R/dpbeam-synthesize .
-FROM pytorch/pytorch:2.6.0-cuda12.4-cudnn9-runtime
+# torch from PyPI (pinned by constraints.txt) bundles its CUDA libraries; the host (Cloud Run GPU, Batch) gives the driver
+FROM python:3.11-slim
 
 WORKDIR /opt/dpbeam
 COPY pyproject.toml constraints.txt README.md ./
