@@ -36,7 +36,8 @@ def row_hash(codes: np.ndarray) -> np.ndarray:
     """A 64-bit hash of each row of a code matrix (equal rows, equal hashes; collisions about n^2 / 2^65)."""
     h = np.zeros(len(codes), dtype=np.uint64)
     for j in range(codes.shape[1]):
-        h = mix64(h ^ (codes[:, j].astype(np.uint64) + np.uint64(j + 1) * np.uint64(0x9E3779B97F4A7C15)))
+        salt = np.uint64(((j + 1) * 0x9E3779B97F4A7C15) % (1 << 64))
+        h = mix64(h ^ (codes[:, j].astype(np.uint64) + salt))
     return h
 
 
@@ -102,6 +103,8 @@ def membership_inference(
     """Both attacks of the module doc; members and non-members are disjoint from the attacker's reference rows."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
+    from dpbeam.evaluate.utility import few_threads
+
     rng = np.random.default_rng(seed)
     holdout = holdout[rng.permutation(len(holdout))]
     half = len(holdout) // 2
@@ -112,8 +115,9 @@ def membership_inference(
     categorical = np.array([c.kind in ("categorical", "boolean") and c.size <= 255 for c in domain.columns])
     clf = HistGradientBoostingClassifier(max_iter=100, categorical_features=categorical if categorical.any() else None,
                                          random_state=0)
-    clf.fit(np.r_[syn, reference].astype(np.int64), np.r_[np.ones(len(syn)), np.zeros(len(reference))])
-    p = clf.predict_proba(np.r_[members, non].astype(np.int64))[:, 1]
+    with few_threads():
+        clf.fit(np.r_[syn, reference].astype(np.int64), np.r_[np.ones(len(syn)), np.zeros(len(reference))])
+        p = clf.predict_proba(np.r_[members, non].astype(np.int64))[:, 1]
     ratio = np.log(np.clip(p, 1e-9, 1)) - np.log(np.clip(1 - p, 1e-9, 1))
     dcr_syn = _sample(synth, REFERENCE_MAX, rng)
     dist = -closest_distances(np.r_[members, non], dcr_syn, domain)

@@ -67,7 +67,11 @@ def _tvd_summary(real: np.ndarray, synth: np.ndarray, domain: TableDomain, three
 def quality_report(real: pa.Table, synth: pa.Table, domain: TableDomain) -> dict[str, Any]:
     """SDMetrics' QualityReport: column shapes (KS or TV complement), column-pair trends (correlation or contingency
     similarity), each 0-1; the score is their mean."""
-    from sdmetrics.reports import QualityReport
+    import warnings
+
+    with warnings.catch_warnings():  # sdmetrics 0.32 deprecates the single-table report for a multi-table one
+        warnings.simplefilter("ignore", FutureWarning)
+        from sdmetrics.reports.single_table import QualityReport
 
     sdtype = {"categorical": "categorical", "boolean": "boolean", "datetime": "datetime"}
     meta = {"columns": {c.name: {"sdtype": sdtype.get(c.kind, "numerical")} for c in domain.columns}}

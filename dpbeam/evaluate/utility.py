@@ -10,6 +10,7 @@ two classes); otherwise a regression on the target's bin codes scored by RMSE (i
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,15 @@ from dpbeam.errors import SpecError
 MAX_CLASSES = 20
 MAX_TRAIN = 50_000
 MODELS = ("gradient boosting", "logistic regression")
+THREADS = int(os.environ.get("DPBEAM_EVAL_THREADS", "1"))  # OpenMP/BLAS threads of model fits
+
+
+def few_threads():
+    """Limit scikit-learn's OpenMP and BLAS threads to ``THREADS`` (default 1): these fits are small, and on a shared
+    machine oversubscribed OpenMP threads spin and slow everything (a 3-second fit took minutes)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=THREADS)
 
 
 def task_of(domain: TableDomain, target: str) -> str:
@@ -109,16 +119,22 @@ def utility(
 
     x_test, y_test = test_real[:, keep].astype(np.int64), test_real[:, j].astype(np.int64)
     result = UtilityResult({"target": target, "task": task, "test_rows_are": "real rows", "models": {}}, y_test)
+    with few_threads():
+        _fit_all(result, train_real, synth, x_test, xy, task, categorical, domain[target].size, progress)
+    return result
+
+
+def _fit_all(result, train_real, synth, x_test, xy, task, categorical, n_classes, progress) -> None:
+    y_test = result.y_test
     for name in MODELS:
         result.predictions[name] = {}
         result.summary["models"][name] = {}
         for trained_on, rows in (("synthetic", synth), ("real", train_real)):
             x, y = xy(rows)
             model = _fit(name, task, categorical, x, y)
-            pred = (_proba(model, x_test, domain[target].size) if task == "classification"
+            pred = (_proba(model, x_test, n_classes) if task == "classification"
                     else model.predict(x_test).astype(np.float64))
             result.predictions[name][trained_on] = pred
             result.summary["models"][name][trained_on] = scores(task, y_test, pred)
             if progress:
                 progress(1)
-    return result
