@@ -19,7 +19,7 @@ from dpbeam.marginals import all_cliques
 MIN_GROUP_ROWS = 30  # a subgroup with fewer real test rows gets no figures (too noisy to compare)
 
 
-def _gap(values: list[float | None], higher_is_better: bool = True) -> float | None:
+def _gap(values: list[float | None]) -> float | None:
     v = [x for x in values if x is not None]
     return float(max(v) - min(v)) if len(v) >= 2 else None
 
@@ -31,7 +31,6 @@ def fairness(
     domain: TableDomain,
     groups: list[str],
     util: UtilityResult | None = None,
-    test_groups: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """For each column in ``groups`` and each of its codes: its share of the real and synthetic rows, the mean 1-way
     and 2-way TVD of the other columns within the group, and the TSTR/TRTR scores on the group's real test rows.

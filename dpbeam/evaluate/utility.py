@@ -41,7 +41,6 @@ def task_of(domain: TableDomain, target: str) -> str:
 
 
 def _model(name: str, task: str, categorical: np.ndarray):
-    from sklearn.dummy import DummyClassifier  # noqa: F401  (imported here: sklearn is slow to import)
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.pipeline import make_pipeline
