@@ -88,3 +88,13 @@ def test_gaussian_epsilon_matches_the_accountant_scale():
     rho = rho_for(1.0, 1e-9)
     eps = A.gaussian_epsilon(math.sqrt(2 * rho), 1e-9)
     assert 0.8 < eps < 1.0
+
+
+def test_audit_command():
+    from typer.testing import CliRunner
+
+    from dpbeam.cli import app
+
+    res = CliRunner().invoke(app, ["audit", "--epsilon", "1", "--delta", "1e-9", "--runs", "10000"])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("as expected") == 2 and "broken variant" in res.output
