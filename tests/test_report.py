@@ -65,3 +65,12 @@ def test_report_refuses_a_release_directory(report_dir):
     res = CliRunner().invoke(app, ["report", str(report_dir.parent / "small.parquet"), str(synth), "--out",
                                    str(synth / "report"), "--audit-runs", "0"])
     assert res.exit_code == 2 and "never be part of a release" in res.output
+
+
+def test_privacy_profile_from_the_statement():
+    from dpbeam.evaluate.report import privacy_profile
+
+    html = privacy_profile({"privacy_profile": [{"delta": 1e-6, "epsilon": 1.25}, {"delta": 1e-9, "epsilon": 1.7}]},
+                           {"epsilon": 2.0, "delta": 1e-6, "privacy_unit": "row"})
+    assert "1.25" in html and "1.7" in html and "1e-09" in html and "privacy_unit" in html
+    assert "1.25" not in privacy_profile({}, {"epsilon": 2.0})
