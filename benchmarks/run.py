@@ -15,11 +15,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import adult, engines, generation  # noqa: E402
+from benchmarks import adult, engines, evaluate, generation  # noqa: E402
 from benchmarks import torch_engine, wide  # noqa: E402
 from dpbeam.versions import library_versions  # noqa: E402
 
-SUITE = {"adult": adult, "engines": engines, "torch_engine": torch_engine, "wide": wide, "generation": generation}
+SUITE = {"adult": adult, "engines": engines, "torch_engine": torch_engine, "wide": wide, "generation": generation,
+         "evaluate": evaluate}
 
 
 def machine() -> dict:
@@ -46,13 +47,16 @@ def main() -> None:
     ap.add_argument("--cols", type=int, nargs="*", default=None, help="wide: numbers of columns")
     ap.add_argument("--engines", nargs="*", default=None, help="engines: which (local beam spark)")
     ap.add_argument("--pipelinedp-rows", type=int, default=None, help="engines: PipelineDP table size (0: skip)")
+    ap.add_argument("--audit-runs", type=int, default=None, help="evaluate: noisy releases per table in the audit")
     args = ap.parse_args()
     out_dir = Path(__file__).resolve().parent / "results"
     out_dir.mkdir(exist_ok=True)
     for name in args.names:
         mod = SUITE[name]
         kwargs = {"reps": args.reps}
-        if args.eps and name == "adult":
+        if name == "evaluate" and args.audit_runs:
+            kwargs["audit_runs"] = args.audit_runs
+        if args.eps and name in ("adult", "evaluate"):
             kwargs["epsilons"] = tuple(args.eps)
         if name == "generation":
             kwargs["reps"] = min(args.reps, 2)

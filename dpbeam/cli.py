@@ -192,5 +192,9 @@ def synthesize(
         _fail(err, "synthesize", reporter, debug)
 
 
+from dpbeam.evaluate.cli import register as _register_evaluate  # noqa: E402
+
+_register_evaluate(app)
+
 if __name__ == "__main__":  # pragma: no cover
     app()

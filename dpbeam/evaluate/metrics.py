@@ -36,3 +36,49 @@ def mean_tvd(
         k: float(np.mean(list(marginal_tvds(real_c, synth_c, domain, all_cliques(domain.names, k)).values())))
         for k in orders
     }
+
+
+def sampled_cliques(names: list[str], order: int, limit: int, seed: int = 0) -> list[Clique]:
+    """Every clique of ``order`` columns, or ``limit`` of them drawn without replacement (fixed seed)."""
+    cliques = all_cliques(names, order)
+    if len(cliques) <= limit:
+        return cliques
+    pick = np.random.default_rng(seed).choice(len(cliques), size=limit, replace=False)
+    return [cliques[i] for i in sorted(pick)]
+
+
+def cramers_v(cube: np.ndarray) -> float:
+    """Cramér's V of a 2-way count table (0: independent, 1: each value determines the other); rows and columns
+    with no count are dropped first."""
+    t = cube[cube.sum(axis=1) > 0][:, cube.sum(axis=0) > 0].astype(np.float64)
+    n = t.sum()
+    if n == 0 or min(t.shape) < 2:
+        return 0.0
+    expected = np.outer(t.sum(axis=1), t.sum(axis=0)) / n
+    chi2 = float(((t - expected) ** 2 / expected).sum())
+    return float(np.sqrt(chi2 / (n * (min(t.shape) - 1))))
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson's correlation, 0 when either side is constant."""
+    x, y = x.astype(np.float64), y.astype(np.float64)
+    sx, sy = x.std(), y.std()
+    if sx == 0 or sy == 0:
+        return 0.0
+    return float(((x - x.mean()) * (y - y.mean())).mean() / (sx * sy))
+
+
+def association_matrix(codes: np.ndarray, domain: TableDomain, ordered: list[bool]) -> np.ndarray:
+    """Pairwise association of the columns of a code matrix: Pearson's r between two ordered (numeric) columns (on
+    their bin codes, which are ordered as the values), Cramér's V otherwise. The diagonal is 1."""
+    d = len(domain.names)
+    out = np.eye(d)
+    cubes = count_cliques(codes, domain, all_cliques(domain.names, 2))
+    for i in range(d):
+        for j in range(i + 1, d):
+            if ordered[i] and ordered[j]:
+                v = pearson(codes[:, i], codes[:, j])
+            else:
+                v = cramers_v(cubes[(domain.names[i], domain.names[j])])
+            out[i, j] = out[j, i] = v
+    return out
