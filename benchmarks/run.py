@@ -16,10 +16,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import adult, engines  # noqa: E402
-from benchmarks import torch_engine  # noqa: E402
+from benchmarks import real_tables, torch_engine  # noqa: E402
 from dpbeam.versions import library_versions  # noqa: E402
 
-SUITE = {"adult": adult, "engines": engines, "torch_engine": torch_engine}
+SUITE = {"adult": adult, "engines": engines, "torch_engine": torch_engine, "real_tables": real_tables}
 
 
 def machine() -> dict:
@@ -40,22 +40,25 @@ def markdown(rows: list[dict], columns: list[tuple[str, str]]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("names", nargs="*", default=list(SUITE))
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=None, help="runs per configuration (default 3; real_tables: 1)")
     ap.add_argument("--eps", type=float, nargs="*", default=None, help="adult: epsilons")
     ap.add_argument("--rows", type=int, nargs="*", default=None, help="engines: table sizes")
     ap.add_argument("--engines", nargs="*", default=None, help="engines: which (local beam spark)")
+    ap.add_argument("--tables", nargs="*", default=None, help="real_tables: which (default all)")
     ap.add_argument("--pipelinedp-rows", type=int, default=None, help="engines: PipelineDP table size (0: skip)")
     args = ap.parse_args()
     out_dir = Path(__file__).resolve().parent / "results"
     out_dir.mkdir(exist_ok=True)
     for name in args.names:
         mod = SUITE[name]
-        kwargs = {"reps": args.reps}
+        kwargs = {"reps": args.reps if args.reps is not None else (1 if name == "real_tables" else 3)}
         if args.eps and name == "adult":
             kwargs["epsilons"] = tuple(args.eps)
         if name == "engines":
             kwargs.update({k: v for k, v in (("rows", args.rows), ("engines", args.engines),
                                              ("pipelinedp_rows", args.pipelinedp_rows)) if v is not None})
+        if args.tables and name == "real_tables":
+            kwargs["tables"] = tuple(args.tables)
         rows = mod.run(**kwargs)
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         path = out_dir / f"{name}-{stamp}.json"
