@@ -162,3 +162,10 @@ def test_init_errors(tmp_path):
     assert none.exit_code == 2 and "no column" in _said(none)
     missing = runner.invoke(app, ["init", str(tmp_path / "nope.parquet"), "--out", str(tmp_path / "m.yaml")])
     assert missing.exit_code == 2 and "does not exist" in _said(missing)
+
+
+def test_init_quotes_column_names_yaml_would_misread(tmp_path):
+    source = tmp_path / "odd-names.csv"
+    source.write_text('yes,123,"a: b",null,# x\n')
+    data = yaml.safe_load(init_spec_text(str(source)))
+    assert list(data["columns"]) == ["yes", "123", "a: b", "null", "# x"]
