@@ -15,12 +15,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import adult, engines, evaluate, generation  # noqa: E402
+from benchmarks import adult, engines, evaluate, generation, real_tables  # noqa: E402
 from benchmarks import torch_engine, wide  # noqa: E402
 from dpbeam.versions import library_versions  # noqa: E402
 
 SUITE = {"adult": adult, "engines": engines, "torch_engine": torch_engine, "wide": wide, "generation": generation,
-         "evaluate": evaluate}
+         "evaluate": evaluate, "real_tables": real_tables}
 
 
 def machine() -> dict:
@@ -41,11 +41,12 @@ def markdown(rows: list[dict], columns: list[tuple[str, str]]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("names", nargs="*", default=list(SUITE))
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=None, help="runs per configuration (default 3; real_tables: 1)")
     ap.add_argument("--eps", type=float, nargs="*", default=None, help="adult: epsilons")
     ap.add_argument("--rows", type=int, nargs="*", default=None, help="engines, wide: table sizes")
     ap.add_argument("--cols", type=int, nargs="*", default=None, help="wide: numbers of columns")
     ap.add_argument("--engines", nargs="*", default=None, help="engines: which (local beam spark)")
+    ap.add_argument("--tables", nargs="*", default=None, help="real_tables: which (default all)")
     ap.add_argument("--pipelinedp-rows", type=int, default=None, help="engines: PipelineDP table size (0: skip)")
     ap.add_argument("--audit-runs", type=int, default=None, help="evaluate: noisy releases per table in the audit")
     args = ap.parse_args()
@@ -53,13 +54,14 @@ def main() -> None:
     out_dir.mkdir(exist_ok=True)
     for name in args.names:
         mod = SUITE[name]
-        kwargs = {"reps": args.reps}
+        reps = args.reps if args.reps is not None else (1 if name == "real_tables" else 3)
+        kwargs = {"reps": reps}
         if name == "evaluate" and args.audit_runs:
             kwargs["audit_runs"] = args.audit_runs
         if args.eps and name in ("adult", "evaluate"):
             kwargs["epsilons"] = tuple(args.eps)
         if name == "generation":
-            kwargs["reps"] = min(args.reps, 2)
+            kwargs["reps"] = min(reps, 2)
             if args.rows:
                 kwargs["rows"] = args.rows[0]
         if name == "engines":
@@ -67,6 +69,8 @@ def main() -> None:
                                              ("pipelinedp_rows", args.pipelinedp_rows)) if v is not None})
         if name == "wide":
             kwargs.update({k: v for k, v in (("cols", args.cols), ("rows", args.rows)) if v is not None})
+        if args.tables and name == "real_tables":
+            kwargs["tables"] = tuple(args.tables)
         rows = mod.run(**kwargs)
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         path = out_dir / f"{name}-{stamp}.json"

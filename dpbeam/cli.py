@@ -192,6 +192,28 @@ def synthesize(
         _fail(err, "synthesize", reporter, debug)
 
 
+@app.command()
+def init(
+    source: str = typer.Argument(..., help="The sensitive table: a Parquet file, directory or glob, or CSV (any URI)."),
+    unit: Optional[str] = typer.Option(
+        None, help="The privacy-unit column (person, account, device id). Without it every row is its own unit."
+    ),
+    out: Path = typer.Option(Path("spec.yaml"), help="Where to write the spec."),
+    format: Optional[str] = typer.Option(None, help="parquet or csv (default: from the file name)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing spec file."),
+    debug: bool = typer.Option(False, help=DEBUG_HELP),
+) -> None:
+    """Write a commented job spec from the source's schema alone (no row is read): the first step of a new job."""
+    try:
+        from dpbeam.init_spec import write_init_spec
+
+        write_init_spec(source, out, unit=unit, fmt=format, overwrite=overwrite)
+        console.print(f"[green]wrote[/] {out}: review its comments (kinds, public domains, budget, output), then run "
+                      f"`dpbeam run {out}`")
+    except Exception as err:
+        _fail(err, "init", None, debug)
+
+
 from dpbeam.evaluate.cli import register as _register_evaluate  # noqa: E402
 
 _register_evaluate(app)
