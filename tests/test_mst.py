@@ -139,11 +139,22 @@ def test_pair_marginals_match_variable_elimination():
         np.testing.assert_allclose(fast[p], model.marginal(p), rtol=1e-6, atol=1e-6)
 
 
-def test_refinement_dropped_when_noise_would_swamp_it():
+def test_refinement_dropped_when_noise_would_swamp_it(monkeypatch):
     """At eps = 0.01 on 5,000 rows a refined pair's expected noise (sigma ~ 2,900, median 15 cells: ~7 times the row
     count) is far above the limit of 2: after the row count, refinement is dropped and MST gets the rest in thirds;
-    the total spent is unchanged."""
-    from dpbeam.privacy.refine import decide_refinement
+    the total spent is unchanged.
+
+    The rule is tested on the exact count: the noisy count's own noise (sigma ~ 4,900 at 1% of rho) crosses the
+    limit (~12,500) about 6% of the time whatever the epsilon, since both scale as 1/sqrt(rho). So the count's noise
+    draw is replaced by zero noise here (its rho is still charged, from OpenDP's map)."""
+    from dpbeam.privacy import refine
+    from dpbeam.privacy.noise import gaussian_rho
+
+    def exact(counts, sigma, sensitivity):
+        return np.asarray(counts), gaussian_rho(sigma, sensitivity)
+
+    monkeypatch.setattr(refine, "add_discrete_gaussian", exact)
+    decide_refinement = refine.decide_refinement
 
     acc = ZCDPAccountant(0.01, 1e-9, mst_plan(len(SIZES), refine=True))
     cubes = _cubes()
