@@ -245,7 +245,10 @@ def noisy_quantiles(
     cumulative count reaches q times the total. Returns (cell indices, rho spent, sigma, the noisy counts after the
     cut-off).
     The cut-off is sigma sqrt(2 ln(100 cells)): by the Gaussian tail bound the expected number of empty cells whose
-    noise passes it is at most 0.01, whatever the size of the grid.
+    noise passes it is at most 0.01, whatever the size of the grid. When no cell passes (few values spread over many
+    cells), the same noisy counts are summed over groups of 2, 4, 8, ... adjacent cells (noise sigma sqrt(width), the
+    cut-off scaled alike) until some group passes, and a passing group's mass is spread evenly over its cells: still
+    post-processing of the one release.
 
     A histogram is used rather than the exponential mechanism on -|#below(c) - q n| because on a public grid every
     candidate beyond the data ties on that score, and the mechanism would pick among them uniformly."""
@@ -253,7 +256,13 @@ def noisy_quantiles(
     noisy, spent = add_discrete_gaussian(np.asarray(cell_counts, dtype=np.int64), sigma, sensitivity)
     cut = sigma * math.sqrt(2 * math.log(100 * len(noisy)))
     kept = np.where(noisy >= cut, noisy, 0).astype(np.float64)
-    if kept.sum() <= 0:  # nothing stands out of the noise: fall back to the single largest noisy cell
+    width = 1
+    while kept.sum() <= 0 and width < len(noisy):  # nothing stands out: read the same release at a coarser grid
+        width *= 2
+        groups = np.add.reduceat(noisy.astype(np.float64), np.arange(0, len(noisy), width))
+        passed = groups >= sigma * math.sqrt(width) * math.sqrt(2 * math.log(100 * len(groups)))
+        kept = np.repeat(np.where(passed, groups, 0.0) / width, width)[: len(noisy)]
+    if kept.sum() <= 0:  # nothing stands out at any resolution: fall back to the single largest noisy cell
         kept = np.zeros(len(noisy))
         kept[int(np.argmax(noisy))] = 1.0
     cdf = np.cumsum(kept) / kept.sum()

@@ -257,3 +257,21 @@ def test_a_column_that_keeps_no_value_is_reported(tmp_path):
     assert note.startswith("column dest: no value reached the threshold of about ")
     assert "columns.dest.values" in note and "discovery_fraction" in note
     assert any(s == f"warning: {note}" for s in said)
+
+
+def test_sparse_values_still_give_a_range():
+    """1,000 values spread evenly over 24 cells (42 each) at sigma = 20: no cell passes the cut-off (sigma
+    sqrt(2 ln(100 * 245 cells)) ~ 4.5 sigma = 90), but groups of 8 cells (336, noise 20 sqrt 8 = 57, cut-off
+    ~ 57 * 4 = 226) do, so the range stays within 8 cells of the data's span. Before, the fallback took the single
+    largest noisy cell, which could lie anywhere on the grid. Three repetitions: a group holding data fails to pass
+    only if its noise is below -110 = -1.9 sigma_group, and then a neighbouring group still bounds the span."""
+    from dpbeam.discovery import NUMBER_GRID, noisy_quantiles
+
+    counts = np.zeros(len(NUMBER_GRID), np.int64)
+    start = int(np.searchsorted(NUMBER_GRID, 10.0))
+    counts[start:start + 24] = 42  # values from 10 to ~10^7: four steps a decade
+    rho = 1 / (2 * 20.0**2)  # sigma = 20 at sensitivity 1
+    for _ in range(3):
+        (lo, hi), _, sigma, _ = noisy_quantiles(counts, 1.0, rho, [0.01, 0.99])
+        assert sigma == pytest.approx(20.0)
+        assert start - 16 <= lo <= start + 24 and start <= hi <= start + 24 + 16
