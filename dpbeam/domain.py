@@ -305,11 +305,7 @@ def other_value(values: Sequence, arrow_type: pa.DataType, other_label: Any = No
 
 def build_column_domain(name: str, spec: ColumnSpec, field: pa.Field) -> ColumnDomain:
     """Turn one column's spec into its domain, checking the kind against the source field's Arrow type."""
-    if spec.arrow_type is not None and arrow_type_from_str(spec.arrow_type) != field.type:
-        raise SpecError(
-            f"columns.{name}.arrow_type is {spec.arrow_type} but the source's schema says "
-            f"{arrow_type_to_str(field.type)}; remove arrow_type (it is for CSV sources) or make it match"
-        )
+    check_arrow_type(name, spec, field)
     t = check_column_kind(name, spec, field.type)
     base = {"name": name, "arrow_type": arrow_type_to_str(t), "nullable": is_nullable(spec, field)}
     if isinstance(spec, CategoricalColumn):
@@ -425,6 +421,15 @@ def datetime_edges(name: str, spec: DatetimeColumn) -> list[int]:
     return edges.tolist()
 
 
+def check_arrow_type(name: str, spec: ColumnSpec, field: pa.Field) -> None:
+    """A column's ``arrow_type``, when given, must be the source's (a CSV source is read with it, so it always is)."""
+    if spec.arrow_type is not None and arrow_type_from_str(spec.arrow_type) != field.type:
+        raise SpecError(
+            f"columns.{name}.arrow_type is {spec.arrow_type} but the source's schema says "
+            f"{arrow_type_to_str(field.type)}; remove arrow_type (it is for CSV sources) or make it match"
+        )
+
+
 def check_columns(specs: dict[str, ColumnSpec], schema: pa.Schema) -> None:
     """Every spec column exists in the source and its kind fits the column's type."""
     missing = [n for n in specs if n not in schema.names]
@@ -434,6 +439,7 @@ def check_columns(specs: dict[str, ColumnSpec], schema: pa.Schema) -> None:
             "Fix the names under columns or the source uri"
         )
     for n, s in specs.items():
+        check_arrow_type(n, s, schema.field(n))
         check_column_kind(n, s, schema.field(n).type)
 
 

@@ -280,6 +280,7 @@ def privacy_record(plan: JobPlan) -> dict[str, Any]:
         "max_rows_per_unit_chosen_by_dp": p.max_rows_per_unit == "auto",
         **({"expected_share_of_rows_kept": plan.expected_rows_kept} if plan.expected_rows_kept is not None else {}),
         "discovery_rows_per_unit": p.discovery_rows_per_unit if plan.tasks and p.unit_column else None,
+        **({"null_units": p.null_units} if p.unit_column else {}),  # rows with a null unit: dropped, or refused
         "discovered_columns": [t.column for t in plan.tasks],
         # real values released by DP thresholding (partition selection); the statement names these columns
         "discovered_values": [t.column for t in plan.tasks if t.kind == "categorical"],

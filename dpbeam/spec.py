@@ -158,8 +158,8 @@ class DatetimeColumn(_Column):
         if self.granularity is not None and self.bins is not None:
             raise ValueError("give either granularity or bins, not both")
         if self.bounds is None and self.granularity is not None:
-            raise ValueError("bounds left to DP discovery are binned by bins (default 32), not granularity: "
-                             "remove granularity or give bounds")
+            raise ValueError("bounds left to DP discovery are binned by bins (default 16, at DP quantiles), not "
+                             "granularity: remove granularity or give bounds")
         if self.bins is not None and self.bins < 1:
             raise ValueError("bins must be >= 1")
         return self

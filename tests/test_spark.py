@@ -42,7 +42,11 @@ def _spec(source: str | dict, tmp_path, **privacy) -> dict:
 
 def _plan(source: str | dict, tmp_path, engine: str = "local", **privacy):
     options = privacy.pop("options", {})
-    return plan_job(parse_spec(_spec(source, tmp_path, **privacy)), check_outputs=False, engine=engine, **options)
+    spec = _spec(source, tmp_path, **privacy)
+    # Spark's catalog tables declare every column nullable; the files say NOT NULL. The spec says nullable: false so
+    # that both get the same domain (nullability otherwise follows each source's schema).
+    spec["columns"] = {n: {**c, "nullable": False} for n, c in spec["columns"].items()}
+    return plan_job(parse_spec(spec), check_outputs=False, engine=engine, **options)
 
 
 def _both(plan, aggregation, spark, **options):

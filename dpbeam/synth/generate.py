@@ -65,6 +65,8 @@ def release_statement(artifact: MeasurementsArtifact, synthesis: dict[str, Any])
         "delta_thresholds": thresholds,
         "privacy_profile": p.get("privacy_profile") or privacy_profile(p["rho"], thresholds),
         "max_rows_per_unit": p["max_rows_per_unit"],
+        "null_units": p.get("null_units"),  # rows whose privacy unit was null: "drop" (row-wise filter) or "error"
+        "discovery_diagnostics": artifact.manifest.get("diagnostics", []),
         "discovered_values": discovered_values,
         "stages": p["stages"],  # rho_charged per stage: information only (see "charged"), not the guarantee
         "charged": p.get("charged"),
