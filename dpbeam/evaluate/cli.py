@@ -44,11 +44,13 @@ def evaluate(
     reporter = None
     try:
         from dpbeam.evaluate.data import read_real, read_release, read_table
-        from dpbeam.evaluate.run import evaluate_release
+        from dpbeam.evaluate.run import check_out_dir, evaluate_release
         from dpbeam.progress import RichReporter
 
         reporter = RichReporter(console)
         release = read_release(synth, measurements)
+        if out:
+            check_out_dir(out.parent, [synth, release.measurements_uri])
         names = release.domain.names
         table, _ = read_real(real, names)
         hold = read_table(holdout, names) if holdout else None
