@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from dpbeam.synth.forward import ForwardSampler
-from dpbeam.synth.jtree import NamedTable, calibrate
+from dpbeam.synth.calibrate import NamedTable, calibrate
 
 SIZES = {"a": 4, "b": 3, "c": 5}
 
