@@ -9,7 +9,7 @@ import pytest
 
 from dpbeam.bounding import BoundingKey
 from dpbeam.evaluate import audit as A
-from dpbeam.privacy.noise import noise_disabled_for_tests
+from fresh_process import run_fresh
 
 # OpenDP's noise comes from OS entropy and cannot be seeded; each threshold below is derived from the noise scale.
 # At epsilon = 1, delta = 1e-9, k = 1, dpbeam's sigma is 5.78, so a unit of k rows shifts its cell by 0.17 sigma: the
@@ -57,8 +57,16 @@ def test_hook_refuses_outside_pytest(monkeypatch):
 
 
 def test_audit_refuses_without_noise():
-    with noise_disabled_for_tests(), pytest.raises(RuntimeError, match="noise"):
-        A.run_audit(1.0, 1e-9, runs=RUNS)
+    # in a child process: the noise switch is sticky, and this process must stay able to release
+    out = run_fresh("""
+        import pytest
+        from dpbeam.evaluate import audit as A
+        from dpbeam.privacy.noise import noise_disabled_for_tests
+        with noise_disabled_for_tests(), pytest.raises(RuntimeError, match="noise"):
+            A.run_audit(1.0, 1e-9, runs=20_000)
+        print("refused")
+    """)
+    assert out.strip().endswith("refused")
 
 
 def test_clopper_pearson():
