@@ -214,9 +214,13 @@ def init(
         _fail(err, "init", None, debug)
 
 
-from dpbeam.evaluate.cli import register as _register_evaluate  # noqa: E402
-
-_register_evaluate(app)
-
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    # `python -m dpbeam.cli`: run the importable module's app, which registers the evaluate commands; registering them
+    # from this __main__ copy too would import dpbeam.evaluate.cli halfway through a second copy of this module
+    from dpbeam.cli import app as _app
+
+    _app()
+else:
+    from dpbeam.evaluate.cli import register as _register_evaluate
+
+    _register_evaluate(app)

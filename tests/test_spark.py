@@ -40,12 +40,11 @@ def _spec(source: str | dict, tmp_path, **privacy) -> dict:
     return spec
 
 
-def _plan(source: str | dict, tmp_path, engine: str = "local", **privacy):
+def _plan(source: str | dict, tmp_path, engine: str = "local", not_null: bool = False, **privacy):
     options = privacy.pop("options", {})
     spec = _spec(source, tmp_path, **privacy)
-    # Spark's catalog tables declare every column nullable; the files say NOT NULL. The spec says nullable: false so
-    # that both get the same domain (nullability otherwise follows each source's schema).
-    spec["columns"] = {n: {**c, "nullable": False} for n, c in spec["columns"].items()}
+    if not_null:  # nullable: false on every column, whatever the source's schema says
+        spec["columns"] = {n: {**c, "nullable": False} for n, c in spec["columns"].items()}
     return plan_job(parse_spec(spec), check_outputs=False, engine=engine, **options)
 
 
@@ -121,8 +120,10 @@ def test_catalog_table_gives_the_same_cubes_as_parquet(units_dir, tmp_path, spar
     # saved: a catalog table holding a copy of the Parquet rows, stored under tmp_path
     try:
         privacy = {"unit": {"column": "user_id"}, "max_rows_per_unit": 2}
-        files = _plan(units_dir, tmp_path, **privacy)
-        table = _plan({"table": name}, tmp_path, engine="spark", options={"spark": spark}, **privacy)
+        # Spark's catalog tables declare every column nullable, the files NOT NULL: the spec pins nullability so that
+        # both get the same domain (by default nullability follows each source's schema)
+        files = _plan(units_dir, tmp_path, not_null=True, **privacy)
+        table = _plan({"table": name}, tmp_path, engine="spark", options={"spark": spark}, not_null=True, **privacy)
         assert isinstance(table.source, spark_engine.CatalogSource)
         assert table.domain == files.domain
         got = spark_engine.run_aggregation(table.source, pair_counts(table), "user_id", 2, KEY, spark=spark)

@@ -49,7 +49,19 @@ def parsed() -> dict[str, dict]:
     assert files
     proc = subprocess.run([str(tools()), "-c", PARSE, *files], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout)
+    return _unwrap(json.loads(proc.stdout))
+
+
+def _unwrap(node):
+    """python-hcl2 versions differ: some wrap every attribute value in a one-element list. Unwrap those (blocks stay
+    lists of mappings), so the tests read one shape."""
+    if isinstance(node, dict):
+        return {k: _unwrap(v) for k, v in node.items()}
+    if isinstance(node, list):
+        if len(node) == 1 and not isinstance(node[0], dict):
+            return _unwrap(node[0])
+        return [_unwrap(v) for v in node]
+    return node
 
 
 def resources(parsed: dict, kind: str) -> dict[str, dict]:
