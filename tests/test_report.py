@@ -4,6 +4,7 @@ headless browser renders with every plot displayed."""
 from __future__ import annotations
 
 import base64
+from html import escape as html_escape
 import json
 import re
 
@@ -37,7 +38,8 @@ def test_report_contents(report_dir):
     html = (report_dir / "report.html").read_text()
     ev = json.loads((report_dir / "evaluation.json").read_text())
     # the not-DP notice comes first, then the release statement quoted from the evaluation run's _release.json
-    assert html.index(NOT_DP) < html.index(ev["statement"]["statement"]) < html.index("Fidelity")
+    statement = html_escape(ev["statement"]["statement"])  # the report escapes text (the statement has quotes)
+    assert html.index(NOT_DP) < html.index(statement) < html.index("Fidelity")
     for section in ("Privacy profile", "Utility", "Fairness", "Membership inference", "Canaries", "Mechanism audit"):
         assert section in html
     assert not re.search(r"<img[^>]+src=\"(?!data:image/png;base64,)", html)  # self-contained: every plot inline
