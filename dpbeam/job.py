@@ -253,8 +253,10 @@ def _marginal_noise_per_row(plan: JobPlan) -> tuple[float, float]:
     a typical 2-way marginal (the square of the median column size: the spec's public size, or the bins an open
     column will get). Public quantities only."""
     d = len(plan.spec.columns)
-    stage = "mst.measure"
-    per_marginal = plan.accountant.allotted(stage) / max(d - 1, 1)
+    if "mst.measure" in plan.accountant.plan:
+        per_marginal = plan.accountant.allotted("mst.measure") / (d - 1)
+    else:  # a single column: its 1-way marginal is the only measurement
+        per_marginal = plan.accountant.allotted("mst.one_way")
     sizes = []
     for name, s in plan.spec.columns.items():
         if is_open(s):

@@ -187,3 +187,16 @@ def test_discovery_keeps_both_words_of_the_unit_hash():
     assert stats["c"]["x"] == 2
     hist = RowsPerUnit().partial(batch)
     assert hist.sum() == 2
+
+
+def test_auto_k_on_a_single_column_table(tmp_path):
+    # one column: the plan has no 2-way measurement stage; the k rule uses the 1-way marginal's noise instead
+    rng = np.random.default_rng(5)
+    pq.write_table(pa.table({"u": rng.integers(0, 300, 3000), "c": rng.choice(["a", "b"], 3000)}), tmp_path / "t.pq")
+    spec = parse_spec({"source": {"uri": str(tmp_path / "t.pq")},
+                       "privacy": {"unit": {"column": "u"}, "epsilon": 4.0, "delta": 1e-6, "max_rows_per_unit": "auto",
+                                   "discovery_fraction": 0.2},
+                       "columns": {"c": {"kind": "categorical", "values": ["a", "b"]}},
+                       "output": {"uri": str(tmp_path / "out")}})
+    plan = discover(plan_job(spec), "local", BoundingKey(b"s" * 32), Reporter())
+    assert plan.k >= 1 and 0 < plan.expected_rows_kept <= 1
