@@ -487,6 +487,16 @@ def parse_spec(data: dict[str, Any], base_dir: str | os.PathLike | None = None) 
     )
 
 
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None) -> None:
+    """Set dotted keys (``{"privacy.epsilon": 0.5}``) in a spec mapping, in place, before validation."""
+    for key, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+
+
 def load_spec(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> JobSpec:
     """Read a YAML spec. Relative paths in it are relative to the spec file. ``overrides`` are dotted keys
     (``{"privacy.epsilon": 0.5}``) applied before validation."""
@@ -499,10 +509,5 @@ def load_spec(path: str | os.PathLike, overrides: dict[str, Any] | None = None) 
         raise SpecError(f"spec file {path} is not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise SpecError(f"spec file {path} must hold a mapping with source, privacy, columns and output")
-    for key, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+    apply_overrides(data, overrides)
     return parse_spec(data, base_dir=path.parent.resolve())

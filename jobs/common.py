@@ -38,7 +38,7 @@ def load_spec_uri(uri: str, overrides: dict[str, Any] | None = None):
     """The spec at ``uri`` (a local path or any fsspec URI). A local spec resolves relative paths against its own
     folder (as ``dpbeam run``); a remote spec must name its source and outputs by absolute URIs, since a worker's
     working directory means nothing to the job."""
-    from dpbeam.spec import load_spec, parse_spec
+    from dpbeam.spec import apply_overrides, load_spec, parse_spec
 
     if _is_local(uri):
         return load_spec(uri.removeprefix("file://"), overrides)
@@ -53,12 +53,7 @@ def load_spec_uri(uri: str, overrides: dict[str, Any] | None = None):
         raise SpecError(f"spec {uri} is not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise SpecError(f"spec {uri} must hold a mapping with source, privacy, columns and output")
-    for key, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+    apply_overrides(data, overrides)
     for field, value in (("source.uri", data.get("source", {}).get("uri")),
                          ("output.uri", data.get("output", {}).get("uri")),
                          ("output.measurements_uri", data.get("output", {}).get("measurements_uri"))):
