@@ -93,6 +93,24 @@ class JobPlan:
         return list(self.spec.columns)
 
 
+def plan_budget(spec: JobSpec) -> ZCDPAccountant:
+    """The run's budget plan, from the spec alone (public): the stages' shares of rho and the delta set aside for
+    approximate mechanisms. What the ledger reserves; :func:`plan_job` uses the same plan."""
+    specs = dict(spec.columns)
+    tasks = [DiscoveryTask(n, s.kind) for n, s in specs.items() if is_open(s)]
+    discovery = spec.privacy.discovery_fraction
+    if tasks and discovery is None:
+        raise SpecError(f"column(s) {', '.join(t.column for t in tasks)} have no public domain (values or bounds) "
+                        "and privacy.discovery_fraction is not set; give the domain or a discovery budget")
+    syn = spec.synthesizer
+    budget = mst_plan(len(specs), syn.budget_split, refine=syn.method == "mst-refined")
+    if tasks or spec.privacy.max_rows_per_unit == "auto":
+        budget = {"discovery": discovery, **{s: f * (1 - discovery) for s, f in budget.items()}}
+    # Gaussian thresholding is approximate zCDP: half of delta is set aside for it when values are discovered.
+    reserved = spec.privacy.delta / 2 if any(t.kind == "categorical" for t in tasks) else 0.0
+    return ZCDPAccountant(spec.privacy.epsilon, spec.privacy.delta, budget, delta_reserved=reserved)
+
+
 def plan_job(spec: JobSpec, check_outputs: bool = True, engine: str = "local", **options: Any) -> JobPlan:
     """Check everything that can be checked without spending budget, and make the budget plan."""
     if spec.source.table is not None:
@@ -121,14 +139,8 @@ def plan_job(spec: JobSpec, check_outputs: bool = True, engine: str = "local", *
     if check_outputs:
         lake.check_output_free(spec.output.uri, spec.output.overwrite, "output.uri")
         lake.check_output_free(spec.output.resolved_measurements_uri, spec.output.overwrite, "output.measurements_uri")
-    syn = spec.synthesizer
-    budget = mst_plan(len(specs), syn.budget_split, refine=syn.method == "mst-refined")
+    accountant = plan_budget(spec)
     k_auto = spec.privacy.max_rows_per_unit == "auto"
-    if tasks or k_auto:
-        budget = {"discovery": discovery, **{s: f * (1 - discovery) for s, f in budget.items()}}
-    # Gaussian thresholding is approximate zCDP: half of delta is set aside for it when values are discovered.
-    reserved = spec.privacy.delta / 2 if any(t.kind == "categorical" for t in tasks) else 0.0
-    accountant = ZCDPAccountant(spec.privacy.epsilon, spec.privacy.delta, budget, delta_reserved=reserved)
     plan = JobPlan(spec, source, accountant, domain, None if k_auto else spec.privacy.k, tasks)
     if spec.ledger is not None:  # last: every check above passed; no row has been read
         from dpbeam.privacy.ledger import reserve_for

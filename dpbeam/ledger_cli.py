@@ -1,13 +1,15 @@
 """`dpbeam ledger ...`: budgets and releases of the privacy ledger (:mod:`dpbeam.privacy.ledger`).
 
-Every command takes the ledger's SQLAlchemy URL (``--ledger`` or the ``DPBEAM_LEDGER`` environment variable).
+Every command takes the ledger's SQLAlchemy URL (``--ledger`` or the ``DPBEAM_LEDGER`` environment variable), except
+``reserve``, which uses the spec's ``ledger.uri`` (the ledger its measure job will use). ``reserve``, ``commit`` and
+``release --if-reserved`` are a scheduler's steps around a run (:mod:`dpbeam.scheduled`).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -113,8 +115,66 @@ def release(
     entry: str = typer.Argument(..., help="A ledger entry id (from `dpbeam ledger history`)."),
     note: str = typer.Option("released by hand", help="Why (kept in the ledger)."),
     force: bool = typer.Option(False, help="Also free a spent entry: only if its measurements were never released."),
+    if_reserved: bool = typer.Option(False, "--if-reserved",
+                                     help="A scheduler's cleanup: free the entry only if it is still reserved; leave "
+                                     "a spent or committed one as it is, and succeed either way."),
     ledger: str = LEDGER,
 ) -> None:
     """Free a run's reservation (a run that died before its measurements existed)."""
+    if if_reserved:
+        if force:
+            raise typer.BadParameter("--if-reserved and --force exclude each other")
+        from dpbeam.scheduled import release_if_reserved
+
+        state = release_if_reserved(ledger, entry, note)
+        out.print(f"ledger entry {entry} is {state}" + ("" if state == "released" else "; left as it is"))
+        return
     _open(ledger).release(entry, note, force=force)
     out.print(f"released {entry}")
+
+
+@ledger_app.command()
+@_guard
+def reserve(
+    spec: str = typer.Argument(..., help="The job spec's URI (local path, gs://, s3://) with a ledger section."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a spec field: KEY=VALUE, repeatable "
+                                             "(pass the same to the measure job)."),
+) -> None:
+    """Reserve a scheduled run's budget in the spec's ledger before any job starts, from the spec alone (no data
+    read). Prints the entry id alone on stdout: give it to the measure job (--ledger-entry) and to
+    `dpbeam ledger commit` / `release --if-reserved`."""
+    import sys
+
+    from dpbeam.cli import _overrides
+    from dpbeam.scheduled import load_spec_uri
+    from dpbeam.scheduled import reserve as reserve_run
+
+    r = reserve_run(load_spec_uri(spec, _overrides(set_)))
+    err.print(f"reserved ledger entry {r.entry} of dataset {r.dataset}", highlight=False)
+    print(r.entry, file=sys.stdout)
+
+
+@ledger_app.command()
+@_guard
+def commit(
+    entry: str = typer.Argument(..., help="The entry `dpbeam ledger reserve` printed."),
+    measurements: str = typer.Option(..., help="The measurements artifact's URI (its manifest names the entry)."),
+    out_uri: str = typer.Option(..., "--out", help="The committed synthetic table's URI (with _release.json)."),
+    table_ref: Optional[str] = typer.Option(None, help="Where the table was registered, as JSON "
+                                            "(e.g. '{\"bigquery\": \"project.dataset.table\"}'); kept in the ledger."),
+    ledger: str = LEDGER,
+) -> None:
+    """Commit a run's entry with its table's release statement: the last step of a scheduled run."""
+    from dpbeam.errors import SpecError
+    from dpbeam.scheduled import commit as commit_run
+
+    ref = None
+    if table_ref is not None:
+        try:
+            ref = json.loads(table_ref)
+        except json.JSONDecodeError:
+            raise SpecError(f"--table-ref must be a JSON object; got {table_ref!r}") from None
+        if not isinstance(ref, dict):
+            raise SpecError(f"--table-ref must be a JSON object; got {table_ref!r}")
+    commit_run(ledger, measurements, out_uri, entry, ref)
+    out.print(f"committed {entry}")

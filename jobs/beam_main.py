@@ -3,7 +3,8 @@
     python -m jobs.beam_main --spec gs://bucket/specs/events.yaml \\
         --runner DataflowRunner --project P --region R --temp_location gs://artifacts/tmp [more Beam options]
 
-``--spec`` (and ``--measurements_uri``, ``--overwrite``, ``--set``) are this job's own; every other argument is a
+``--spec`` (and ``--measurements_uri``, ``--overwrite``, ``--set``, ``--ledger_entry``: see
+:func:`jobs.common.add_measure_args`) are this job's own; every other argument is a
 standard Beam pipeline option, handed to ``PipelineOptions`` unchanged, so a flex template's launcher (which appends
 ``--runner``, ``--project``, ``--region``, ``--temp_location``, ``--staging_location``, ``--service_account_email``
 and the template's parameters) works as is. Locally, ``--runner FnApiRunner`` runs in-process.
@@ -15,19 +16,11 @@ import argparse
 import sys
 from typing import Any, Sequence
 
-from jobs.common import fail, load_spec_uri, measure_to_artifact, parse_sets
+from jobs.common import add_measure_args, fail, measure_from_args
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jobs.beam_main", description=__doc__.split("\n")[0])
-    p.add_argument("--spec", required=True, help="The job spec's URI (local path, gs://, s3://).")
-    p.add_argument("--measurements_uri", "--measurements-uri", default=None,
-                   help="Where to write the artifact (default: the spec's output.measurements_uri).")
-    p.add_argument("--overwrite", action="store_true", help="Replace an existing artifact.")
-    p.add_argument("--set", dest="sets", action="append", default=[], help="Override a spec field: KEY=VALUE.")
-    p.add_argument("--partitions", type=int, default=None, help="Shuffle partitions of unit-level stages.")
-    p.add_argument("--debug", action="store_true", help="Raise with the full traceback (trusted side only).")
-    return p
+    return add_measure_args(argparse.ArgumentParser(prog="jobs.beam_main", description=__doc__.split("\n")[0]))
 
 
 def beam_options(argv: Sequence[str]) -> dict[str, Any]:
@@ -52,10 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         options = beam_options(rest)
         options.setdefault("runner", "FnApiRunner")
-        if args.partitions is not None:
-            options["partitions"] = args.partitions
-        spec = load_spec_uri(args.spec, parse_sets(args.sets))
-        measure_to_artifact(spec, "beam", args.measurements_uri, args.overwrite, **options)
+        measure_from_args(args, "beam", options)
     except Exception as err:
         return fail(err, "jobs.beam_main", args.debug)
     return 0

@@ -7,7 +7,8 @@ spent once the measurements existed; this step commits the entry with the synthe
 
 The ledger entry is the one the artifact's manifest names (``lineage.ledger_entry``); the ledger refuses the commit
 if the artifact came from another spec than the one reserved for. The statement is read from the table's
-``_release.json``. Nothing here touches raw data.
+``_release.json``. Nothing here touches raw data. A scheduler that holds the entry id calls
+``dpbeam ledger commit ENTRY --measurements URI --out URI`` instead (it also checks the id).
 """
 
 from __future__ import annotations
@@ -29,25 +30,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def register(ledger_url: str, measurements: str, out: str) -> str:
-    """Commit the ledger entry of ``measurements`` with the statement of the table at ``out``; return its id."""
-    from dpbeam import lake
-    from dpbeam.errors import SpecError
-    from dpbeam.privacy.ledger import Ledger
+    """Commit the ledger entry of ``measurements`` with the statement of the table at ``out``; return its id (the
+    same as ``dpbeam ledger commit``: :func:`dpbeam.scheduled.commit`)."""
+    from dpbeam.scheduled import commit
 
-    manifest = lake.read_json(measurements, "manifest.json")
-    entry = (manifest.get("lineage") or {}).get("ledger_entry")
-    if entry is None:
-        raise SpecError(f"the artifact at {measurements} was made without a ledger (its spec has no ledger section); "
-                        "there is no entry to register")
-    if not lake.holds_something(out):
-        raise SpecError(f"{out} holds no committed table; run the synthesis step first")
-    statement = lake.read_json(out, "_release.json")
-    ledger = Ledger(ledger_url)
-    try:
-        ledger.commit(entry, manifest["spec_sha256"], out, measurements, None, statement)
-    finally:
-        ledger.close()
-    return entry
+    return commit(ledger_url, measurements, out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

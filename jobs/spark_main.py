@@ -18,20 +18,13 @@ from typing import Sequence
 if __package__ in (None, ""):  # spark-submit runs this file as a script; make the ``jobs`` package importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jobs.common import fail, load_spec_uri, measure_to_artifact, parse_sets  # noqa: E402
+from jobs.common import add_measure_args, fail, measure_from_args  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jobs.spark_main", description=(__doc__ or "").split("\n")[0])
-    p.add_argument("--spec", required=True, help="The job spec's URI (local path, gs://, s3://).")
-    p.add_argument("--measurements-uri", "--measurements_uri", dest="measurements_uri", default=None,
-                   help="Where to write the artifact (default: the spec's output.measurements_uri).")
+    p = add_measure_args(argparse.ArgumentParser(prog="jobs.spark_main", description=(__doc__ or "").split("\n")[0]))
     p.add_argument("--master", default=None,
                    help="Spark master when not under spark-submit (default: the active session's, else local[2]).")
-    p.add_argument("--partitions", type=int, default=None, help="Shuffle partitions of unit-level stages.")
-    p.add_argument("--overwrite", action="store_true", help="Replace an existing artifact.")
-    p.add_argument("--set", dest="sets", action="append", default=[], help="Override a spec field: KEY=VALUE.")
-    p.add_argument("--debug", action="store_true", help="Raise with the full traceback (trusted side only).")
     return p
 
 
@@ -47,11 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             spark = SparkSession.builder.appName("dpbeam-measure").getOrCreate()
         else:
             spark = spark_session(master=args.master or "local[2]")
-        options = {"spark": spark}
-        if args.partitions is not None:
-            options["partitions"] = args.partitions
-        spec = load_spec_uri(args.spec, parse_sets(args.sets))
-        measure_to_artifact(spec, "spark", args.measurements_uri, args.overwrite, **options)
+        measure_from_args(args, "spark", {"spark": spark})
     except Exception as err:
         return fail(err, "jobs.spark_main", args.debug)
     return 0
