@@ -1,6 +1,6 @@
 """The scheduled entrypoints (jobs/), each run as a scheduler runs it: a subprocess with the same arguments, on a
 small table shaped like the example specs (jobs/specs/). Beam on the FnApiRunner, Spark on local[2], synthesis on
-the CPU; the register step commits the ledger entry that the measure step reserved."""
+the CPU; the ledger steps as the Airflow DAG runs them (reserve, the measure job spends that entry, commit)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = ROOT / "jobs" / "specs"
@@ -68,8 +69,15 @@ def ok(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
-def test_beam_main_then_synthesis_then_register(tmp_path):
-    """The Dataflow flow end to end, with the ledger in the loop: reserve (plan) -> spent (measure) -> committed."""
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """``dpbeam ...`` as a scheduler's BashOperator runs it (``python -m dpbeam.cli``, the console script's target)."""
+    return run_main("dpbeam.cli", *args)
+
+
+def test_scheduled_run_on_beam_as_the_dag_runs_it(tmp_path):
+    """The DAG's steps (jobs/airflow/dpbeam_dag.py) as subprocesses, with the ledger in the loop:
+    `dpbeam ledger reserve` (reserved) -> beam_main --ledger_entry (spent) -> synthesize_main -> evaluate_main (a
+    NOT-DP report in a trusted folder, no figure printed) -> `dpbeam ledger commit` (committed)."""
     from dpbeam.measurements import MeasurementsArtifact
     from dpbeam.privacy.ledger import Ledger
 
@@ -77,23 +85,36 @@ def test_beam_main_then_synthesis_then_register(tmp_path):
     pq.write_table(events_table(), src)
     ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
     Ledger(ledger_url).set_budget("analytics.user_events", "user_id", epsilon=3.0, delta=1e-8)
-    meas, out = tmp_path / "artifacts" / "measurements", tmp_path / "synthetic" / "events"
+    # the spec as the scheduler's bucket holds it: its own source, outputs and ledger
+    spec = yaml.safe_load((SPECS / "user_events.yaml").read_text())
+    spec["source"] = {"uri": str(src)}
+    spec["output"].update(uri=str(tmp_path / "unused"), measurements_uri=str(tmp_path / "unused.measurements"))
+    spec["ledger"]["uri"] = ledger_url
+    spec["synthesizer"]["iters"] = 50
+    spec_path = tmp_path / "specs" / "user_events.yaml"
+    spec_path.parent.mkdir()
+    spec_path.write_text(yaml.safe_dump(spec))
+    meas, out = tmp_path / "artifacts" / "run-1" / "measurements", tmp_path / "synthetic" / "run-1"
+
+    reserved = run_cli("ledger", "reserve", str(spec_path))
+    ok(reserved)
+    entry = reserved.stdout.strip().splitlines()[-1]  # what the BashOperator pushes to XCom
+    ledger = Ledger(ledger_url)
+    assert ledger.entry(entry)["state"] == "reserved"
+
     proc = run_main(
-        "jobs.beam_main", "--spec", str(SPECS / "user_events.yaml"),
-        "--set", "source.table=null", "--set", f"source.uri={src}", "--set", f"output.uri={out}",
-        "--set", f"output.measurements_uri={meas}", "--set", f"ledger.uri={ledger_url}",
-        "--set", "synthesizer.iters=50",
+        "jobs.beam_main", f"--spec={spec_path}", f"--measurements_uri={meas}", f"--ledger_entry={entry}",
         # what a flex template's launcher appends, for the local runner
         "--runner", "FnApiRunner", "--temp_location", str(tmp_path / "tmp"), "--job_name", "dpbeam-events",
     )
     ok(proc)
     printed = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert printed == {"epsilon": 1.0, "delta": 1e-9, "rho": pytest.approx(printed["rho"])} and printed["rho"] > 0
+    assert printed == {"epsilon": 1.0, "delta": 1e-9, "rho": pytest.approx(ledger.entry(entry)["rho"], rel=1e-12)}
     artifact = MeasurementsArtifact.read(str(meas))
     assert artifact.manifest["engine"] == "beam" and artifact.manifest["spec_name"] == "user-events-daily"
-    entry = artifact.manifest["lineage"]["ledger_entry"]
-    ledger = Ledger(ledger_url)
-    assert ledger.entry(entry)["state"] == "spent"
+    assert artifact.manifest["lineage"]["ledger_entry"] == entry
+    assert ledger.entry(entry)["state"] == "spent" and [e["id"] for e in ledger.history("analytics.user_events")] \
+        == [entry]  # the job spent the scheduler's entry; it reserved none of its own
 
     ok(run_main("jobs.synthesize_main", "--measurements", str(meas), "--out", str(out), "--iters", "50",
                 "--statement-out", str(tmp_path / "statement.json")))
@@ -105,12 +126,30 @@ def test_beam_main_then_synthesis_then_register(tmp_path):
     assert statement["epsilon"] == 1.0 and statement["privacy_unit"] == "column user_id"
     assert ledger.entry(entry)["state"] == "spent"  # synthesis is post-processing: it does not touch the ledger
 
-    ok(run_main("jobs.register_main", "--ledger", ledger_url, "--measurements", str(meas), "--out", str(out)))
-    committed = ledger.entry(entry)
-    assert committed["state"] == "committed" and committed["output_uri"] == str(out)
-    # a second run of the same schedule would exceed the lifetime budget of 3.0 only after three; it is admitted
-    # now, and the ledger counts the committed one
-    assert ledger.budget("analytics.user_events").rho_left < ledger.budget("analytics.user_events").rho_total
+    inside = run_main("jobs.evaluate_main", "--spec", str(spec_path), "--synth", str(out), "--measurements",
+                      str(meas), "--report-out", str(out / "report"))
+    assert inside.returncode == 2 and "never travel with one" in inside.stderr and not (out / "report").exists()
+    report = tmp_path / "trusted" / "reports" / "run-1"
+    evaluated = run_main("jobs.evaluate_main", "--spec", str(spec_path), "--synth", str(out), "--measurements",
+                         str(meas), "--report-out", str(report), "--target", "is_new_user")
+    ok(evaluated)
+    ev = json.loads((report / "evaluation.json").read_text())
+    assert "fidelity" in ev and (report / "report.html").stat().st_size > 0 and (report / "_SUCCESS").exists()
+    # the figures compare with real data: none reaches the logs, only where the report went
+    assert evaluated.stdout == "" and evaluated.stderr.strip() == \
+        f"wrote the evaluation report (not DP, for the data owner) to {report}"
+
+    committed = run_cli("ledger", "commit", entry, "--measurements", str(meas), "--out", str(out),
+                        "--table-ref", '{"bigquery": "p.synthetic.user_events_run_1"}', "--ledger", ledger_url)
+    ok(committed)
+    row = ledger.entry(entry)
+    assert row["state"] == "committed" and row["output_uri"] == str(out) and row["measurements_uri"] == str(meas)
+    assert json.loads(row["table_ref"]) == {"bigquery": "p.synthetic.user_events_run_1"}
+    # the DAG's cleanup, had a later task failed, and the old register step both leave a committed entry alone
+    ok(run_cli("ledger", "release", entry, "--if-reserved", "--ledger", ledger_url))
+    again = run_main("jobs.register_main", "--ledger", ledger_url, "--measurements", str(meas), "--out", str(out))
+    assert again.returncode == 2 and "is committed; it cannot be committed" in again.stderr
+    assert ledger.entry(entry)["state"] == "committed"
 
 
 def test_spark_main_as_spark_submit_runs_it(tmp_path):
@@ -154,7 +193,7 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
     return [(ln.split(None, 1)[0].upper(), ln.split(None, 1)[1] if " " in ln else "") for ln in lines]
 
 
-@pytest.mark.parametrize("name", ["flex-template.Dockerfile", "synthesis.Dockerfile"])
+@pytest.mark.parametrize("name", ["flex-template.Dockerfile", "synthesis.Dockerfile", "evaluate.Dockerfile"])
 def test_dockerfiles_copy_what_exists_and_run_what_imports(name):
     """Not built here (no registry): every COPY source exists in the repository, every extra installed exists in
     pyproject.toml, and what the image runs (its ENTRYPOINT module, or the flex template's main file) imports."""
