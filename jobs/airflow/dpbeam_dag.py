@@ -37,10 +37,11 @@ import shlex
 from datetime import datetime, timedelta
 
 try:  # Airflow 3
-    from airflow.sdk import DAG, Param
+    from airflow.sdk import DAG, Param, TriggerRule
 except ImportError:  # Airflow 2.10+
     from airflow import DAG
     from airflow.models.param import Param
+    from airflow.utils.trigger_rule import TriggerRule
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.providers.google.cloud.operators.bigquery import BigQueryCreateTableOperator
 from airflow.providers.google.cloud.operators.cloud_run import CloudRunExecuteJobOperator
@@ -48,7 +49,6 @@ from airflow.providers.google.cloud.operators.dataflow import DataflowStartFlexT
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.providers.standard.operators.python import BranchPythonOperator
-from airflow.utils.trigger_rule import TriggerRule
 
 DAG_ID = "dpbeam_release"
 ENGINES = ("dataflow", "spark")
@@ -77,6 +77,12 @@ CONFIG_KEYS = {
 def slug(text: str) -> str:
     """A run id as a name Dataflow, GCS and BigQuery all accept: lowercase letters, digits and dashes."""
     return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-")[:63] or "run"
+
+
+def shquote(value: object) -> str:
+    """A value as one shell word. Plain ``str`` first: Jinja's ``tojson`` returns Markup, which would HTML-escape the
+    quotes ``shlex.quote`` adds."""
+    return shlex.quote(str.__str__(value) if isinstance(value, str) else str(value))
 
 
 def choose_engine(engine: str) -> str:
@@ -135,7 +141,7 @@ with DAG(
         "engine": Param("dataflow", enum=list(ENGINES), description="Where the trusted pass runs (a run's config "
                         "wins over the Variable dpbeam_engine, which wins over this default)."),
     },
-    user_defined_filters={"slug": slug, "shquote": shlex.quote},
+    user_defined_filters={"slug": slug, "shquote": shquote},
     render_template_as_native_obj=False,
     tags=["dpbeam", "differential-privacy"],
 ) as dag:
@@ -148,7 +154,7 @@ with DAG(
     choose = BranchPythonOperator(
         task_id="choose_engine",
         python_callable=choose_engine,
-        op_kwargs={"engine": "{{ dag_run.conf.get('engine') or var.value.get('dpbeam_engine', params.engine) }}"},
+        op_kwargs={"engine": "{{ (dag_run.conf or {}).get('engine') or var.value.get('dpbeam_engine', params.engine) }}"},
     )
 
     measure_dataflow = DataflowStartFlexTemplateOperator(
@@ -235,4 +241,4 @@ with DAG(
 
     reserve >> choose >> [measure_dataflow, measure_spark] >> measured
     measured >> synthesize >> evaluate >> register >> commit
-    [reserve, measure_dataflow, measure_spark, measured, synthesize, evaluate, register, commit] >> release
+    [reserve, choose, measure_dataflow, measure_spark, measured, synthesize, evaluate, register, commit] >> release
