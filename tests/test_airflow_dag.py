@@ -92,9 +92,11 @@ def airflow_python() -> Path:
     if not (VENV / "bin" / "airflow").exists():
         try:
             subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, capture_output=True)
-            pip = [str(py), "-m", "pip", "install", "-q", *PINS]
-            if subprocess.run(pip + ["-c", CONSTRAINTS], capture_output=True, timeout=1800).returncode != 0:
-                subprocess.run(pip, check=True, capture_output=True, timeout=1800)  # no constraints file: the pins
+            pip = [str(py), "-m", "pip", "install", "-q"]
+            constrained = [f"apache-airflow[google,apache-spark,apache-beam]=={AIRFLOW}", "-c", CONSTRAINTS,
+                           "--retries", "1", "--timeout", "20"]  # Airflow's tested set, when its file is reachable
+            if subprocess.run(pip + constrained, capture_output=True, timeout=1800).returncode != 0:
+                subprocess.run(pip + PINS, check=True, capture_output=True, timeout=1800)  # else the pins above
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
             pytest.skip(f"could not create the Airflow venv at {VENV} (needs the package index): {err}")
     return py
@@ -147,9 +149,10 @@ def test_task_graph_operators_and_trigger_rules(loaded):
             assert down["measure_dataflow"] == down["measure_spark"] == ["ledger_release", "measured"]
         else:
             assert b in down[a], (a, b)
-    # the cleanup watches every task (one failing anywhere fires it), and nothing follows it
-    assert tasks["ledger_release"]["upstream"] == sorted(set(tasks) - {"ledger_release"})
-    assert down["ledger_release"] == [] and down["ledger_commit"] == ["ledger_release"]
+    # the cleanup watches every task before the commit (one failing anywhere fires it); the commit and the cleanup
+    # are the leaves, so a failed run ends failed (see test_dag_test_runs_the_jobs_and_cleans_up_after_a_failure)
+    assert tasks["ledger_release"]["upstream"] == sorted(set(tasks) - {"ledger_release", "ledger_commit"})
+    assert down["ledger_release"] == [] and down["ledger_commit"] == []
     rules = {k: v["trigger_rule"] for k, v in tasks.items() if v["trigger_rule"] != "all_success"}
     assert rules == {"ledger_release": "one_failed", "measured": "none_failed_min_one_success"}
 
@@ -210,3 +213,127 @@ def test_unknown_engine_is_refused_with_what_to_change():
     assert ns["choose_engine"]("spark") == "measure_spark"
     with pytest.raises(ValueError, match="dpbeam_engine"):
         ns["choose_engine"]("flink")
+
+
+# dag.test() in the Airflow venv, the remote operators' execute swapped for the entrypoint each one starts remotely:
+# Dataflow -> jobs.beam_main (FnApiRunner) with the flex template's parameters; Cloud Run -> the job's module with its
+# overridden args; BigQuery -> the table resource written to a file. The ledger tasks run the real `dpbeam` command.
+DRIVE = r"""
+import json, os, subprocess, sys
+try:
+    from airflow.dag_processing.dagbag import DagBag
+except ImportError:
+    from airflow.models.dagbag import DagBag
+from airflow.providers.google.cloud.operators.bigquery import BigQueryCreateTableOperator
+from airflow.providers.google.cloud.operators.cloud_run import CloudRunExecuteJobOperator
+from airflow.providers.google.cloud.operators.dataflow import DataflowStartFlexTemplateOperator
+
+DPY, MODE, OUT = os.environ["DPBEAM_PYTHON"], sys.argv[2], sys.argv[3]
+
+def run(module, *args):
+    subprocess.run([DPY, "-m", module, *args], check=True)
+
+def dataflow(self, context):
+    if MODE == "launch_fails":
+        raise RuntimeError("the flex template did not launch")
+    params = self.body["launchParameter"]["parameters"]
+    run("jobs.beam_main", *[f"--{k}={v}" for k, v in params.items()], "--runner", "FnApiRunner")
+
+def cloud_run(self, context):
+    args = self.overrides["container_overrides"][0]["args"]
+    module = {"dpbeam-synthesize": "jobs.synthesize_main", "dpbeam-evaluate": "jobs.evaluate_main"}[self.job_name]
+    run(module, *args, *(["--iters", "50"] if module == "jobs.synthesize_main" else []))
+
+def bigquery(self, context):
+    with open(os.path.join(OUT, "bigquery.json"), "w") as f:
+        json.dump({"table": f"{self.project_id}.{self.dataset_id}.{self.table_id}", "resource": self.table_resource}, f)
+
+DataflowStartFlexTemplateOperator.execute = dataflow
+CloudRunExecuteJobOperator.execute = cloud_run
+BigQueryCreateTableOperator.execute = bigquery
+dag = DagBag(dag_folder=sys.argv[1]).dags["dpbeam_release"]
+dr = dag.test(run_conf=json.loads(sys.argv[4]))
+states = {ti.task_id: str(getattr(ti.state, "value", ti.state)) for ti in dr.get_task_instances()}
+print(json.dumps({"run": str(getattr(dr.state, "value", dr.state)), "tasks": states, "run_id": dr.run_id}))
+"""
+
+
+@pytest.fixture(scope="module")
+def airflow_home(tmp_path_factory) -> dict[str, str]:
+    """An Airflow home with a migrated SQLite database, and the environment dag.test() runs in."""
+    home = tmp_path_factory.mktemp("airflow-home")
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home), "AIRFLOW_HOME": str(home),
+           "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__DAGS_FOLDER": str(DAG_FILE.parent),
+           "DPBEAM_PYTHON": sys.executable, "PYTHONPATH": str(ROOT), "SPARK_LOCAL_IP": "127.0.0.1",
+           "JAX_PLATFORMS": "cpu"}
+    airflow = airflow_python().parent / "airflow"
+    proc = subprocess.run([str(airflow), "db", "migrate"], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return env
+
+
+def dag_test(env: dict[str, str], lake: Path, mode: str, spec: Path) -> dict:
+    cli = lake / "dpbeam"
+    cli.write_text(f"#!/bin/sh\nexec {sys.executable} -m dpbeam.cli \"$@\"\n")
+    cli.chmod(0o755)
+    config = {"project": "p", "region": "r", "ledger": f"sqlite:///{lake}/ledger.db", "cli": str(cli),
+              "flex_template": "gs://tpl/measure.json", "measure_service_account": "m@p", "scratch": f"{lake}/scratch",
+              "spark_main": str(ROOT / "jobs" / "spark_main.py"), "jobs_zip": "jobs.zip",
+              "synthesize_job": "dpbeam-synthesize", "evaluate_job": "dpbeam-evaluate", "artifacts": f"{lake}/art",
+              "synthetic": f"{lake}/syn", "reports": f"{lake}/rep", "bq_dataset": "p.synthetic"}
+    run_env = {**env, "AIRFLOW_VAR_DPBEAM_CONFIG": json.dumps(config)}
+    proc = subprocess.run([str(airflow_python()), "-c", DRIVE, str(DAG_FILE.parent), mode, str(lake),
+                           json.dumps({"spec": str(spec), "name": "survey"})],
+                          capture_output=True, text=True, env=run_env, cwd=lake, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_dag_test_runs_the_jobs_and_cleans_up_after_a_failure(airflow_home, tmp_path):
+    """The whole DAG under dag.test(): reserve -> Beam measure spending that entry -> synthesis -> evaluation ->
+    register -> commit, the entry committed with the table; then a run whose measure job does not launch: the cleanup
+    frees its reservation and the run ends failed."""
+    import pyarrow.parquet as pq
+    import yaml
+
+    from dpbeam.privacy.ledger import Ledger
+    from test_jobs import SPECS, survey_table
+
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    pq.write_table(survey_table(), lake / "survey.parquet")
+    spec = yaml.safe_load((SPECS / "survey.yaml").read_text())
+    spec.update(source={"uri": str(lake / "survey.parquet")}, output={"uri": str(lake / "unused")},
+                ledger={"uri": f"sqlite:///{lake}/ledger.db", "dataset": "hr.survey"})
+    (lake / "survey.yaml").write_text(yaml.safe_dump(spec))
+    ledger = Ledger(f"sqlite:///{lake}/ledger.db")
+    ledger.set_budget("hr.survey", "row", epsilon=10.0, delta=1e-6)
+
+    ok = dag_test(airflow_home, lake, "ok", lake / "survey.yaml")
+    assert ok["run"] == "success", ok
+    assert {k for k, v in ok["tasks"].items() if v != "success"} == {"measure_spark", "ledger_release"}
+    assert ok["tasks"]["measure_spark"] == ok["tasks"]["ledger_release"] == "skipped"
+    [entry] = ledger.history("hr.survey")
+    run = slug_of(ok["run_id"])
+    assert entry["state"] == "committed" and entry["output_uri"] == f"{lake}/syn/survey/{run}"
+    assert entry["measurements_uri"] == f"{lake}/art/survey/{run}/measurements"
+    table = f"p.synthetic.survey_{run.replace('-', '_')}"
+    assert json.loads(entry["table_ref"]) == {"bigquery": table}
+    assert json.loads((lake / "bigquery.json").read_text())["table"] == table
+    assert (lake / "rep" / "survey" / run / "report.html").exists()
+    assert pq.read_table(f"{lake}/syn/survey/{run}").num_rows > 0
+
+    failed = dag_test(airflow_home, lake, "launch_fails", lake / "survey.yaml")
+    assert failed["run"] == "failed", failed
+    assert failed["tasks"]["measure_dataflow"] == "failed" and failed["tasks"]["ledger_release"] == "success"
+    assert failed["tasks"]["ledger_commit"] == "upstream_failed"
+    second = ledger.history("hr.survey")[-1]
+    assert second["state"] == "released" and failed["run_id"] in second["note"]
+    assert ledger.budget("hr.survey").rho_used == pytest.approx(entry["rho"], rel=1e-12)  # the committed run only
+
+
+def slug_of(run_id: str) -> str:
+    """The DAG's slug filter (its module imports Airflow, so it is not imported here)."""
+    import re
+
+    return re.sub(r"[^a-z0-9]+", "-", run_id.lower()).strip("-")[:63] or "run"

@@ -22,7 +22,8 @@
   and the BigQuery table as its table_ref.
 - ``ledger_release`` (BashOperator, trigger rule ONE_FAILED): after a failure anywhere, frees the entry if it is still
   only reserved (``--if-reserved``); a spent entry (measurements exist) keeps counting, as it must. When every task
-  succeeds it is skipped, and the run's state is that of ``ledger_commit``.
+  succeeds it is skipped. It is not downstream of ``ledger_commit``, so that ``ledger_commit`` stays a leaf: a run
+  that failed ends failed (its commit upstream_failed) rather than succeeding with its cleanup.
 
 Setup, once (see README "Running in production"): the Variable ``dpbeam_config`` (JSON) with the keys of
 :data:`CONFIG_KEYS`; an Airflow connection ``dpbeam_spark`` for spark-submit (only for the Spark engine); on the
@@ -241,4 +242,6 @@ with DAG(
 
     reserve >> choose >> [measure_dataflow, measure_spark] >> measured
     measured >> synthesize >> evaluate >> register >> commit
-    [reserve, choose, measure_dataflow, measure_spark, measured, synthesize, evaluate, register, commit] >> release
+    # not after ledger_commit: the run's state is that of its leaves, and a failed run must end failed (ledger_commit
+    # upstream_failed), not succeed with its cleanup. A failing commit leaves a spent entry, which nothing frees.
+    [reserve, choose, measure_dataflow, measure_spark, measured, synthesize, evaluate, register] >> release
