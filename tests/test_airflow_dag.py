@@ -5,8 +5,10 @@ providers), and its templates render to the commands and arguments the jobs take
 
 Airflow and its providers run from their own virtual environment (they pin a stack of their own), created on first
 use under ``$DPBEAM_AIRFLOW_VENV`` (default ``/tmp/dpbeam-airflow``) and reused afterwards: Airflow's constraints
-file when it can be fetched, else the pinned versions below. Creating it needs the package index (about 3 minutes
-on an idle 2-core machine, see benchmarks/RESULTS.md); without one these tests skip and say so."""
+file when it can be fetched, else the pinned versions below. Creating it needs the package index (here: 19 minutes
+wall, 263 s of CPU, on a shared 2-core machine under load 7-20, pip cache warm; 2.1 GB; see benchmarks/RESULTS.md);
+without one these tests skip and say so. Reused, the module takes about 6 minutes here, most of it the two
+dag.test() runs."""
 
 from __future__ import annotations
 
