@@ -121,6 +121,9 @@ def project(table: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     return np.einsum(table, list(range(table.ndim)), [i for i in range(table.ndim) if i not in axes])
 
 
+_TINY = 1e-200  # below this a clique's largest product entry is recomputed in log space (float64 ends at ~1e-308)
+
+
 class Inference:
     """Calibrate the tree for log-potentials over given (canonical) cliques, each homed in one tree clique."""
 
@@ -146,18 +149,42 @@ class Inference:
             self.sep_lay_child.append(broadcast_shape(sep, mine, sizes))
             self.sep_lay_parent.append(broadcast_shape(sep, theirs, sizes) if p >= 0 else ())
 
+    @staticmethod
+    def _product(factors: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+        if not factors:
+            return np.ones(shape)
+        if len(factors) == 1:
+            return np.broadcast_to(factors[0], shape).copy()
+        out = factors[0] * factors[1]
+        if out.shape != shape:
+            out = np.broadcast_to(out, shape).copy()
+        for f in factors[2:]:
+            out *= f
+        return out
+
+    def _log_product(self, log_potentials: Sequence[np.ndarray], h: int) -> np.ndarray:
+        log = np.zeros(self.shapes[h])
+        for pot, home, lay in zip(log_potentials, self.homes, self.lay):
+            if home == h:
+                log += pot.reshape(lay)
+        top = log.max()
+        log -= top if np.isfinite(top) else 0.0
+        return np.exp(log, out=log)
+
     def beliefs(self, log_potentials: Sequence[np.ndarray], total: float) -> list[np.ndarray]:
         """Every tree clique's marginal (counts summing to ``total``) of the model exp(sum of ``log_potentials``),
         given in the order of ``potential_cliques`` (axes in column order)."""
         tree = self.tree
-        logs = [np.zeros(s) for s in self.shapes]
+        # each potential exponentiated on its own (small) table, shifted by its maximum; a clique's potential is the
+        # product of its factors laid along its axes, so no exp runs over the (large) clique tables
+        factors: list[list[np.ndarray]] = [[] for _ in self.shapes]
         for pot, h, lay in zip(log_potentials, self.homes, self.lay):
-            logs[h] += pot.reshape(lay)
-        beliefs = []
-        for lg in logs:
-            top = lg.max()
-            lg -= top if np.isfinite(top) else 0.0
-            beliefs.append(np.exp(lg, out=lg))
+            top = pot.max()
+            factors[h].append(np.exp(pot - (top if np.isfinite(top) else 0.0)).reshape(lay))
+        beliefs = [self._product(fs, shape) for fs, shape in zip(factors, self.shapes)]
+        for h, b in enumerate(beliefs):
+            if not b.max() > _TINY:  # the factors' maxima fall in different cells, far apart: redo in log space
+                beliefs[h] = self._log_product(log_potentials, h)
         up: list[np.ndarray | None] = [None] * len(beliefs)
         for i in tree.upward:  # children first
             p = tree.parent[i]
