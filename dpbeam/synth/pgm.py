@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import networkx as nx
 import numpy as np
@@ -77,6 +77,7 @@ class PGMModel:
     iters: int = 0  # iterations run (the fit may stop early on convergence)
     tree: CliqueTree | None = field(default=None, repr=False)
     step: float | None = None  # the fit's last step size (a warm start continues with it)
+    device: ClassVar[str] = "cpu"  # numpy: the fit and the sampler run on the CPU
 
     @classmethod
     def of(cls, potentials: Any, total: float, names: list[str], iters: int = 0) -> "PGMModel":
