@@ -244,3 +244,26 @@ def test_rows_do_not_depend_on_the_number_of_threads():
     one = model.sample(n, seed=9, threads=1)
     assert np.array_equal(one, model.sample(n, seed=9, threads=2))
     assert not np.array_equal(one, model.sample(n, seed=10, threads=2))
+
+
+def test_generated_rows_do_not_depend_on_threads_or_lookahead(monkeypatch):
+    """Chunks are prepared on worker threads ahead of the writer, each from its own seed: the rows handed to the
+    writer are the same with one worker and no lookahead as with several, and another seed gives other rows."""
+    import pyarrow as pa
+
+    from dpbeam.synth import forward, generate, pgm
+
+    artifact = _artifact()
+    model = pgm.fit(artifact, iters=50)
+
+    def rows(seed: int = 5) -> pa.Table:
+        return pa.concat_tables(generate._chunks(model, artifact, 25_000, seed, chunk_rows=4_000))
+
+    monkeypatch.setattr(generate, "LOOKAHEAD", 1)
+    monkeypatch.setattr(forward, "default_threads", lambda: 1)
+    serial = rows()
+    monkeypatch.setattr(generate, "LOOKAHEAD", 3)
+    monkeypatch.setattr(forward, "default_threads", lambda: 3)
+    assert serial.num_rows == 25_000
+    assert serial.equals(rows())
+    assert not serial.equals(rows(seed=6))
