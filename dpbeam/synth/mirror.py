@@ -62,15 +62,16 @@ class Problem:
         # each measurement is read from the smallest maximal clique holding it
         self.route = []
         for m in self.measurements:
-            holding = [c for c in self.cliques if set(m.clique) <= set(c)]
-            home = min(holding, key=lambda c: (int(np.prod(shapes[c])), self.cliques.index(c)))
-            self.route.append((home, sum_axes(home, m.clique), broadcast_shape(m.clique, home, self.sizes)))
+            holding = [i for i, c in enumerate(self.cliques) if set(m.clique) <= set(c)]
+            home = min(holding, key=lambda i: (int(np.prod(shapes[self.cliques[i]])), i))
+            c = self.cliques[home]
+            self.route.append((home, sum_axes(c, m.clique), broadcast_shape(m.clique, c, self.sizes)))
         # mbi's Lipschitz bound (exact for plain marginals): max over maximal cliques of sum ||w||^2 / sigma^2 |C|/|c|
         blocks: dict[Clique, float] = {}
         for m, (home, _, _) in zip(self.measurements, self.route):
             w2 = 1.0 if m.weights is None else float(np.max(m.weights**2))
-            ratio = np.prod(shapes[home]) / np.prod([self.sizes[n] for n in m.clique])
-            blocks[home] = blocks.get(home, 0.0) + w2 / max(m.stddev, 1e-12) ** 2 * float(ratio)
+            ratio = float(np.prod(shapes[self.cliques[home]]) / np.prod([self.sizes[n] for n in m.clique]))
+            blocks[home] = blocks.get(home, 0.0) + w2 / max(m.stddev, 1e-12) ** 2 * ratio
         self.lipschitz = max(blocks.values()) if blocks else 1.0
         # which tree clique holds each maximal clique, and how to project onto it
         self.from_tree = [(h, sum_axes(self.tree.cliques[h], c)) for c, h in zip(self.cliques, self.inference.homes)]
@@ -93,18 +94,17 @@ class Problem:
         return [project(beliefs[h], axes) for h, axes in self.from_tree], beliefs
 
     def loss_and_gradient(self, mu: Sequence[np.ndarray]) -> tuple[float, list[np.ndarray]]:
-        index = {c: i for i, c in enumerate(self.cliques)}
         grad = [np.zeros_like(x) for x in mu]
         loss = 0.0
         for m, (home, axes, lay) in zip(self.measurements, self.route):
-            here = mu[index[home]]
+            here = mu[home]
             proj = project(here, axes).ravel()
             sigma2 = max(m.stddev, 1e-12) ** 2
             fitted = proj if m.weights is None else proj * m.weights
             diff = fitted - m.values
             loss += 0.5 * float(diff @ diff) / sigma2
             g = diff / sigma2 if m.weights is None else diff * m.weights / sigma2
-            grad[index[home]] += g.reshape(lay)
+            grad[home] += g.reshape(lay)
         return loss, grad
 
     def loss(self, mu: Sequence[np.ndarray]) -> float:
