@@ -3,7 +3,8 @@
 Models: Adult (14 columns; the embedded spec at eps = 1, seed 0) and the 10-column user-event table of the engine
 benchmark (1M rows, k = 10, eps = 1). Each is measured once and fitted once (the fit is not timed here); then:
 
-- ``numpy forward``: :class:`dpbeam.synth.forward.ForwardSampler` drawing 1M rows (stratified rounding), codes only;
+- ``numpy forward, N threads``: :meth:`dpbeam.synth.pgm.PGMModel.sample` drawing 1M rows (stratified rounding) in
+  seeded blocks on 1 and on 2 threads (the rows are the same), codes only;
 - ``write``: :func:`dpbeam.synth.generate.write_synthetic_table` writing 1M rows (sample, expand compressed codes,
   decode to values, Parquet, commit) in the default chunks;
 - ``mbi synthetic_data``: the sampler it replaces, on 48,842 rows, timed on a second call (its first call compiles).
@@ -68,7 +69,8 @@ def run(reps: int = 1, rows: int = ROWS, mbi: bool = True) -> list[dict[str, Any
         for name, artifact in _models(tmp):
             model = pgm.fit(artifact)
             model.sampler  # calibrate and build the tables once, outside the timings
-            timings = {"numpy forward": lambda: model.sample(rows, seed=1),
+            timings = {"numpy forward, 1 thread": lambda: model.sample(rows, seed=1, threads=1),
+                       "numpy forward, 2 threads": lambda: model.sample(rows, seed=1, threads=2),
                        "write": lambda: write_synthetic_table(model, artifact, f"{tmp}/out", rows, 1,
                                                               {"engine": "pgm"}, overwrite=True)}
             for what, fn in timings.items():

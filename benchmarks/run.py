@@ -16,11 +16,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import adult, engines, evaluate, generation, real_tables  # noqa: E402
-from benchmarks import torch_engine, wide  # noqa: E402
+from benchmarks import speed, torch_engine, wide  # noqa: E402
 from dpbeam.versions import library_versions  # noqa: E402
 
 SUITE = {"adult": adult, "engines": engines, "torch_engine": torch_engine, "wide": wide, "generation": generation,
-         "evaluate": evaluate, "real_tables": real_tables}
+         "evaluate": evaluate, "real_tables": real_tables, "speed": speed}
 
 
 def machine() -> dict:
@@ -67,6 +67,10 @@ def main() -> None:
         if name == "engines":
             kwargs.update({k: v for k, v in (("rows", args.rows), ("engines", args.engines),
                                              ("pipelinedp_rows", args.pipelinedp_rows)) if v is not None})
+        if name == "speed":
+            kwargs["reps"] = reps if args.reps is not None else 1
+            if args.rows:
+                kwargs["rows"] = tuple(args.rows)
         if name == "wide":
             kwargs.update({k: v for k, v in (("cols", args.cols), ("rows", args.rows)) if v is not None})
         if args.tables and name == "real_tables":

@@ -17,6 +17,10 @@ the rows of a cell are put in a random order and the i-th of m gets u = (i + U) 
 receive each code is within one of its expected share (independent draws scatter by sqrt(m p (1 - p))). The random
 order is fresh for every column, so no spurious dependence on row position or on earlier columns arises.
 ``method="sample"`` draws independent uniforms.
+
+:meth:`ForwardSampler.sample_blocks` draws a large number of rows in blocks of ``BLOCK_ROWS``, block b from its own
+generator ``SeedSequence(seed, spawn_key=(b,))``, on a few threads (numpy releases the GIL in the sorts and searches
+that dominate). The blocks and their seeds do not depend on the number of threads, so neither do the rows.
 """
 
 from __future__ import annotations
@@ -24,9 +28,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 METHODS = ("round", "sample")
+BLOCK_ROWS = 1 << 18  # rows per independently seeded block (262,144)
+
+
+def default_threads() -> int:
+    """Threads for sampling: the machine's cores, at most 4 (beyond that memory bandwidth limits)."""
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)
@@ -111,6 +124,29 @@ class ForwardSampler:
             else:
                 at = np.searchsorted(step.cdf, cell + rng.random(rows), side="right")
                 out[:, step.column] = np.clip(at - cell.astype(np.int64) * step.size, 0, step.size - 1)
+        return out
+
+    def sample_blocks(self, rows: int, seed: int, method: str = "round", threads: int | None = None) -> np.ndarray:
+        """``rows`` rows drawn in blocks of ``BLOCK_ROWS`` (see the module docstring): the same rows for a seed
+        whatever ``threads`` (default :func:`default_threads`)."""
+        if method not in METHODS:
+            raise ValueError(f"sampling method {method!r} is not available; use one of {METHODS}")
+        out = np.empty((rows, len(self.names)), dtype=self.dtype, order="F")
+        starts = range(0, rows, BLOCK_ROWS)
+
+        def draw(block: int) -> None:
+            lo = starts[block]
+            hi = min(lo + BLOCK_ROWS, rows)
+            rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(block,)))
+            out[lo:hi] = self.sample(hi - lo, rng, method)
+
+        threads = default_threads() if threads is None else max(1, int(threads))
+        if threads == 1 or len(starts) <= 1:
+            for b in range(len(starts)):
+                draw(b)
+        else:
+            with ThreadPoolExecutor(min(threads, len(starts))) as pool:
+                list(pool.map(draw, range(len(starts))))
         return out
 
     @staticmethod

@@ -1,14 +1,18 @@
 """Generation: rows from a fitted model, streamed in chunks to Parquet, committed atomically with a release statement.
 
 Post-processing only. Memory is bounded by the chunk size, not by the number of rows: each chunk is sampled,
-expanded from the model domain to the original codes, decoded to values and written before the next one starts.
+expanded from the model domain to the original codes and decoded to values on a worker thread, at most
+``LOOKAHEAD`` chunks ahead of the writer, which takes them in order. Every chunk has its own seed (spawned from the
+job's seed by its index), so the rows do not depend on the threads.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import time
-from typing import Any, Protocol
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +28,7 @@ from dpbeam.progress import Reporter
 from dpbeam.versions import library_versions
 
 DEFAULT_CHUNK_ROWS = 1_000_000
+LOOKAHEAD = 2  # chunks prepared ahead of the writer (numpy and Arrow release the GIL: the writer and they overlap)
 
 
 class FittedModel(Protocol):
@@ -83,6 +88,29 @@ def release_statement(artifact: MeasurementsArtifact, synthesis: dict[str, Any])
     }
 
 
+def _chunk(model: FittedModel, artifact: MeasurementsArtifact, n: int, ss: np.random.SeedSequence) -> pa.Table:
+    """One chunk of ``n`` rows from its own seed: sampled, expanded to the original codes, decoded to values."""
+    rng = np.random.default_rng(ss)
+    codes = model.sample(n, seed=int(ss.generate_state(1)[0]))
+    return decode_codes(artifact.expand_codes(codes, rng), artifact.domain, rng)
+
+
+def _chunks(model: FittedModel, artifact: MeasurementsArtifact, rows: int, seed: int,
+            chunk_rows: int) -> Iterator[pa.Table]:
+    """The chunks in order, each prepared on a worker thread at most ``LOOKAHEAD`` ahead of the consumer."""
+    n_chunks = max(1, -(-rows // chunk_rows))
+    seeds = np.random.SeedSequence(seed).spawn(n_chunks)
+    sizes = [min(chunk_rows, rows - i * chunk_rows) for i in range(n_chunks)]
+    with ThreadPoolExecutor(LOOKAHEAD) as pool:
+        pending: deque = deque()
+        for n, ss in zip(sizes, seeds):
+            pending.append(pool.submit(_chunk, model, artifact, n, ss))
+            if len(pending) > LOOKAHEAD:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def _discovered_values(artifact: MeasurementsArtifact) -> list[str]:
     """Columns whose categorical values were discovered from the data (real values, DP-selected)."""
     p = artifact.privacy
@@ -111,18 +139,12 @@ def write_synthetic_table(
     reporter = reporter or Reporter()
     t0 = time.perf_counter()
     schema = output_schema(artifact)
-    n_chunks = max(1, -(-rows // chunk_rows))
-    seeds = np.random.SeedSequence(seed).spawn(n_chunks)
     with lake.atomic_directory(uri, overwrite=overwrite) as tmp:
         writer = lake.DatasetWriter(tmp, schema, **(layout or {}))
         with reporter.stage("generating rows", total=rows) as advance:
-            for i, ss in enumerate(seeds):
-                n = min(chunk_rows, rows - i * chunk_rows)
-                rng = np.random.default_rng(ss)
-                codes = model.sample(n, seed=int(ss.generate_state(1)[0]))
-                table = decode_codes(artifact.expand_codes(codes, rng), artifact.domain, rng)
+            for table in _chunks(model, artifact, rows, seed, chunk_rows):
                 writer.write(table)
-                advance(n)
+                advance(table.num_rows)
         writer.close()
         synthesis = {**synthesis, "rows": writer.rows, "seed": seed,
                      "generate_seconds": round(time.perf_counter() - t0, 3)}

@@ -1,45 +1,47 @@
-"""Private-PGM (mbi) as a synthesis engine: exact graphical-model inference, best for narrow or sparse models.
+"""Private-PGM as a synthesis engine: exact graphical-model inference, best for narrow or sparse models.
 
 Post-processing only: the model is fitted to the artifact's noisy measurements, and rows are drawn from it.
+
+The fit is Private-PGM's estimator (mirror descent over the marginals of a graphical model on the measured cliques)
+run in numpy on a tree of maximal cliques (:mod:`dpbeam.synth.mirror`, :mod:`dpbeam.synth.cliquetree`): nothing is
+compiled and JAX is not imported. mbi (JAX) is imported only when a caller asks for the model as mbi's
+``MarkovRandomField`` (:attr:`PGMModel.model`, :meth:`PGMModel.marginal`), e.g. to cross-check a query.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
 
+import networkx as nx
 import numpy as np
 
-from dpbeam.synth import _jax  # noqa: F401  (must precede mbi)
-
-import jax  # noqa: E402
-import mbi  # noqa: E402
-import networkx as nx  # noqa: E402
-from mbi import CliqueVector, Factor, estimation, junction_tree, marginal_loss  # noqa: E402
-from mbi.marginal_loss import WeightedQuery  # noqa: E402
-
-from dpbeam.measurements import MeasurementsArtifact  # noqa: E402
-from dpbeam.synth.forward import ForwardSampler  # noqa: E402
-from dpbeam.synth.calibrate import NamedTable, calibrate  # noqa: E402
+from dpbeam.measurements import MeasurementsArtifact
+from dpbeam.synth.calibrate import NamedTable
+from dpbeam.synth.cliquetree import Clique, CliqueTree, canonical
+from dpbeam.synth.forward import ForwardSampler
+from dpbeam.synth.mirror import Measured, MirrorDescent, Problem
 
 ENGINE = "pgm"
+BLOCK = 50  # iterations between convergence checks and progress reports
 
 
-def _mbi_domain(artifact: MeasurementsArtifact) -> mbi.Domain:
+def _mbi_domain(artifact: MeasurementsArtifact):
+    from dpbeam.synth import _jax  # noqa: F401  (must precede mbi)
+    import mbi
+
     sizes = artifact.model_sizes
     return mbi.Domain(artifact.domain.names, [sizes[n] for n in artifact.domain.names])
 
 
-def _mbi_measurements(artifact: MeasurementsArtifact) -> list[mbi.LinearMeasurement]:
-    out = []
-    for m in artifact.measurements:
-        kw = {} if m.weights is None else {"query": WeightedQuery(np.asarray(m.weights).ravel())}
-        out.append(mbi.LinearMeasurement(np.asarray(m.values, dtype=np.float64).ravel(), m.clique, m.stddev, **kw))
-    return out
-
-
 def junction_tree_cells_of(sizes: dict[str, int], cliques: list[tuple[str, ...]]) -> int:
-    """Cells of the largest junction-tree clique for these measured cliques: what Private-PGM must hold."""
+    """Cells of the largest clique of mbi's own junction tree for these measured cliques (imports mbi; the fit
+    uses :func:`dpbeam.synth.jtree.build`, which a test checks against this)."""
+    from dpbeam.synth import _jax  # noqa: F401  (must precede mbi)
+    import mbi
+    from mbi import junction_tree
+
     domain = mbi.Domain(list(sizes), list(sizes.values()))
     jtree, _ = junction_tree.make_junction_tree(domain, [tuple(c) for c in cliques])
     return max(domain.size(tuple(cl)) for cl in jtree.nodes)
@@ -49,55 +51,107 @@ def junction_tree_cells(artifact: MeasurementsArtifact) -> int:
     return junction_tree_cells_of(artifact.model_sizes, [tuple(m.clique) for m in artifact.measurements])
 
 
-def _calibrate(potentials: CliqueVector, total: float) -> tuple[nx.Graph, list[str], dict[tuple[str, ...], np.ndarray]]:
-    jtree, order = junction_tree.make_junction_tree(potentials.domain, potentials.cliques)
-    cliques = [tuple(c) for c in jtree.nodes]
-    logs = [NamedTable(tuple(f.domain.attributes), np.asarray(f.values, dtype=np.float64))
-            for f in (potentials[c] for c in potentials.cliques)]
-    sizes = dict(zip(potentials.domain.attributes, potentials.domain.shape))
-    messages = [(tuple(i), tuple(j)) for i, j in junction_tree.message_passing_order(jtree)]
-    return jtree, list(order), calibrate(logs, cliques, messages, sizes, float(total))
+def problem_of(artifact: MeasurementsArtifact) -> Problem:
+    """The artifact's measurements as a fitting problem over its model domain."""
+    measured = [
+        Measured(tuple(m.clique), np.asarray(m.values, dtype=np.float64).ravel(), float(m.stddev),
+                 None if m.weights is None else np.asarray(m.weights, dtype=np.float64).ravel())
+        for m in artifact.measurements
+    ]
+    return Problem(artifact.domain.names, artifact.model_sizes, measured)
 
 
 @dataclass
 class PGMModel:
-    """A fitted Private-PGM model over the artifact's model domain."""
+    """A fitted Private-PGM model: log-potentials (numpy) on the maximal measured cliques of the model domain.
 
-    model: mbi.MarkovRandomField
+    ``cliques`` and the axes of each potential follow :func:`dpbeam.synth.cliquetree.canonical`."""
+
     names: list[str]
+    sizes: dict[str, int]
+    cliques: tuple[Clique, ...]
+    potentials: tuple[np.ndarray, ...]
+    total: float
     engine: str = ENGINE
     sampling: str = "round"
     iters: int = 0  # iterations run (the fit may stop early on convergence)
+    tree: CliqueTree | None = field(default=None, repr=False)
+    step: float | None = None  # the fit's last step size (a warm start continues with it)
+    device: ClassVar[str] = "cpu"  # numpy: the fit and the sampler run on the CPU
 
     @classmethod
-    def of(cls, potentials: CliqueVector, total: float, names: list[str], iters: int = 0) -> "PGMModel":
-        """A model from fitted potentials; its marginals on the potentials' cliques come from numpy inference."""
-        calibrated = _calibrate(potentials, total)
-        tables = calibrated[2]
-        marginals = {}
-        for c in potentials.cliques:
-            dom = potentials.domain.project(c)
-            home = next(t for t in tables if set(c) <= set(t))
-            marginals[c] = Factor(dom, NamedTable(home, tables[home]).project(tuple(dom.attributes)).values)
-        marginals = CliqueVector(potentials.domain, list(potentials.cliques), marginals)
-        model = cls(mbi.MarkovRandomField(potentials=potentials, marginals=marginals, total=total), names, iters=iters)
-        model.__dict__["calibrated"] = calibrated  # the cached property below, already computed
-        return model
+    def of(cls, potentials: Any, total: float, names: list[str], iters: int = 0) -> "PGMModel":
+        """A model from log-potentials given as an mbi ``CliqueVector`` (as mbi's estimators return them)."""
+        if not (hasattr(potentials, "domain") and hasattr(potentials, "cliques")):
+            raise TypeError("PGMModel.of takes an mbi CliqueVector; use PGMModel.from_tables for numpy tables")
+        sizes = dict(zip(potentials.domain.attributes, potentials.domain.shape))
+        tables = {tuple(c): NamedTable(tuple(potentials[c].domain.attributes),
+                                       np.asarray(potentials[c].values, dtype=np.float64))
+                  for c in potentials.cliques}
+        return cls.from_tables(tables, sizes, total, names, iters)
+
+    @classmethod
+    def from_tables(cls, tables: dict[Clique, NamedTable], sizes: dict[str, int], total: float, names: list[str],
+                    iters: int = 0, tree: CliqueTree | None = None, step: float | None = None) -> "PGMModel":
+        """A model from log-potentials given as named numpy tables (any axis order)."""
+        cliques, pots = [], []
+        for c, t in tables.items():
+            canon = canonical(sizes, c)
+            cliques.append(canon)
+            pots.append(np.ascontiguousarray(t.aligned(canon)))
+        sizes = {n: int(sizes[n]) for n in names}
+        return cls(list(names), sizes, tuple(cliques), tuple(pots), float(total), iters=iters, tree=tree, step=step)
+
+    def __post_init__(self) -> None:
+        if self.tree is None:
+            self.tree = CliqueTree.build(self.sizes, self.cliques)
 
     @functools.cached_property
-    def calibrated(self) -> tuple[nx.Graph, list[str], dict[tuple[str, ...], np.ndarray]]:
-        """The junction tree, its elimination order, and every junction-tree clique's marginal (counts, numpy,
-        axes in the clique's order): one message-passing run, kept."""
-        return _calibrate(self.model.potentials, float(self.model.total))
+    def tree_marginals(self) -> dict[Clique, np.ndarray]:
+        """Every tree clique's marginal (counts summing to ``total``): one calibration, kept."""
+        from dpbeam.synth.cliquetree import Inference
+
+        beliefs = Inference(self.tree, self.cliques).beliefs(self.potentials, self.total)
+        return dict(zip(self.tree.cliques, beliefs))
+
+    @functools.cached_property
+    def calibrated(self) -> tuple[Any, list[str], dict[tuple[str, ...], np.ndarray]]:
+        """The clique tree as a networkx graph (a forest's roots joined by empty separators), the columns'
+        elimination order, and every tree clique's marginal (counts, axes in the clique's order)."""
+        graph = nx.Graph()
+        graph.add_nodes_from(self.tree.cliques)
+        roots = [c for c, p in zip(self.tree.cliques, self.tree.parent) if p < 0]
+        for c, p in zip(self.tree.cliques, self.tree.parent):
+            if p >= 0:
+                graph.add_edge(c, self.tree.cliques[p])
+        for r in roots[1:]:
+            graph.add_edge(r, roots[0])
+        return graph, list(self.tree.elimination_order), self.tree_marginals
 
     @functools.cached_property
     def sampler(self) -> ForwardSampler:
-        _, order, tables = self.calibrated
-        sizes = dict(zip(self.model.domain.attributes, self.model.domain.shape))
-        return ForwardSampler(self.names, sizes, tables, order)
+        return ForwardSampler(self.names, self.sizes, self.tree_marginals, self.tree.elimination_order)
+
+    @functools.cached_property
+    def model(self):
+        """The model as mbi's ``MarkovRandomField`` (imports mbi and JAX): for mbi's own queries."""
+        from dpbeam.synth import _jax  # noqa: F401  (must precede mbi)
+        import mbi
+        from mbi import CliqueVector, Factor
+
+        domain = mbi.Domain(self.names, [self.sizes[n] for n in self.names])
+        pots = CliqueVector(domain, list(self.cliques),
+                            {c: Factor(domain.project(c), p) for c, p in zip(self.cliques, self.potentials)})
+        marg = {}
+        for c in self.cliques:
+            home = next(t for t in self.tree_marginals if set(c) <= set(t))
+            marg[c] = Factor(domain.project(c), NamedTable(home, self.tree_marginals[home]).project(c).values)
+        return mbi.MarkovRandomField(potentials=pots, marginals=CliqueVector(domain, list(self.cliques), marg),
+                                     total=self.total)
 
     def marginal(self, clique: tuple[str, ...]) -> np.ndarray:
-        """The model's marginal (counts, model domain) on a clique."""
+        """The model's marginal (counts, model domain) on a clique, by mbi's variable elimination (an independent
+        check of the numpy inference; compiles once per query)."""
         return np.asarray(self.model.project(clique).datavector(flatten=False))
 
     def pair_marginals(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], np.ndarray]:
@@ -130,18 +184,17 @@ class PGMModel:
             out[(a, b)] = t.project((a, b)).values
         return out
 
-    def sample(self, rows: int, seed: int) -> np.ndarray:
-        """Model-domain codes (rows, columns), drawn by forward sampling along the junction tree
-        (:mod:`dpbeam.synth.forward`) with a numpy Generator seeded from ``seed``."""
-        return self.sampler.sample(rows, np.random.default_rng(seed), self.sampling)
+    def sample(self, rows: int, seed: int, threads: int | None = None) -> np.ndarray:
+        """Model-domain codes (rows, columns), drawn by forward sampling along the clique tree
+        (:mod:`dpbeam.synth.forward`) in independently seeded blocks from ``seed``, on ``threads`` threads (default:
+        the cores, at most 4); the rows do not depend on ``threads``."""
+        return self.sampler.sample_blocks(rows, seed, self.sampling, threads)
 
 
-# Convergence, judged on the noisy loss only (post-processing). mbi's loss is 0.5 sum_i ((Q mu - y)_i / sigma_i)^2
-# over the N measured entries; at the true marginals it is half a chi-square with N degrees of freedom, so it scatters
-# by sqrt(N / 2) from one draw of the noise to another. A block of 50 iterations that lowers it by less than that
+# Convergence, judged on the noisy loss only (post-processing). The loss is 0.5 sum_i ((Q mu - y)_i / sigma_i)^2 over
+# the N measured entries; at the true marginals it is half a chi-square with N degrees of freedom, so it scatters by
+# sqrt(N / 2) from one draw of the noise to another. A block of BLOCK iterations that lowers it by less than that
 # changes the fit by less than the measurements can tell apart; after PATIENCE such blocks in a row the fit stops.
-# On Adult at eps = 1 (N = 5,188) this stops at 750 of 1,000 iterations, where the mean 2-way/3-way TVD had levelled
-# off (0.0393/0.0882 at both 700 and 1,000 iterations; 0.0399/0.0892 at 500).
 PATIENCE = 2
 
 
@@ -150,62 +203,51 @@ def convergence_tolerance(artifact: MeasurementsArtifact) -> float:
     return float(np.sqrt(sum(np.size(m.values) for m in artifact.measurements) / 2))
 
 
-def _potentials(warm_start: "PGMModel | None", domain: mbi.Domain, cliques) -> CliqueVector:
-    """Log-potentials over ``cliques`` to start from, in numpy (no small JAX programs to compile): zeros, or the warm
-    start's potentials, each added to the first clique that holds it. A warm start over another domain, or with a
-    clique that no clique here holds, is ignored."""
-    tables = {c: np.zeros(domain.project(c).shape) for c in cliques}
-    if warm_start is not None and warm_start.model.domain == domain:
-        old = warm_start.model.potentials
-        homes = [next((c for c in cliques if set(o) <= set(c)), None) for o in old.cliques]
-        if all(h is not None for h in homes):
-            for o, home in zip(old.cliques, homes):
-                attrs = tuple(domain.project(home).attributes)
-                f = old[o]
-                table = NamedTable(tuple(f.domain.attributes), np.asarray(f.values, dtype=np.float64))
-                tables[home] = tables[home] + table.aligned(attrs)
-    return CliqueVector(domain, list(cliques), {c: Factor(domain.project(c), t) for c, t in tables.items()})
+def _start(warm_start: "PGMModel | None", problem: Problem) -> list[np.ndarray] | None:
+    """Log-potentials on the problem's cliques to start from: the warm start's, each added to the first clique
+    that holds it; None (zeros) without a warm start, or for one over another domain or with a clique that no
+    clique here holds."""
+    if warm_start is None or warm_start.sizes != problem.sizes or list(warm_start.names) != list(problem.names):
+        return None
+    homes = [next((i for i, c in enumerate(problem.cliques) if set(o) <= set(c)), None) for o in warm_start.cliques]
+    if any(h is None for h in homes):
+        return None
+    out = [np.zeros(problem.shapes[c]) for c in problem.cliques]
+    for o, pot, h in zip(warm_start.cliques, warm_start.potentials, homes):
+        out[h] += NamedTable(o, pot).aligned(problem.cliques[h])
+    return out
 
 
 def fit(
     artifact: MeasurementsArtifact,
     iters: int = 1000,
     seed: int = 0,
-    progress=None,
+    progress: Callable[[int], None] | None = None,
     warm_start: "PGMModel | None" = None,
     converge: bool = True,
 ) -> PGMModel:
-    """Fit Private-PGM by mirror descent (mbi's estimator, Armijo step sizes) to every measurement in the artifact.
+    """Fit Private-PGM to every measurement in the artifact (:mod:`dpbeam.synth.mirror`).
 
-    At most ``iters`` iterations, in blocks of 50 compiled as one program; with ``converge`` the fit stops earlier
-    once the noisy loss has levelled off (see :data:`PATIENCE`). ``warm_start``, a model fitted to a subset of these
-    measurements (e.g. the refinement's), is where the potentials start. ``progress(n)`` is called after each block
-    with the iterations it ran. ``seed`` is unused: the fit is deterministic."""
-    domain = _mbi_domain(artifact)
+    At most ``iters`` iterations, checked every ``BLOCK``; with ``converge`` the fit stops earlier once the noisy
+    loss has levelled off (see :data:`PATIENCE`). ``warm_start``, a model fitted to a subset of these measurements
+    (e.g. the refinement's), is where the potentials start. ``progress(n)`` is called after each block with the
+    iterations it ran. ``seed`` is unused: the fit is deterministic."""
+    problem = problem_of(artifact)
     total = artifact.estimated_total()
-    loss_fn = marginal_loss.from_linear_measurements(_mbi_measurements(artifact), domain)
-    estimator = estimation.MirrorDescent()
-    potentials = _potentials(warm_start, domain, loss_fn.cliques)
-    # The state's marginals and loss are outputs of a step, never inputs: start them as zeros of the right shape
-    # (traced, not run) instead of running mbi's _init, which compiles the inference and the loss once more. Every
-    # leaf is a strongly typed numpy array, as the step returns them, so the block of steps compiles once.
-    shapes = jax.eval_shape(functools.partial(estimator._init, domain), loss_fn, total)
-    state = estimation.MirrorDescentState(
-        jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes.mu),
-        potentials,
-        np.float64(2.0 / (loss_fn.lipschitz * total)),  # mbi's initial step size
-        np.float64(np.inf),
-    )
+    start = _start(warm_start, problem)
+    state = MirrorDescent.start(problem, total, start, None if start is None else warm_start.step)
     tolerance = convergence_tolerance(artifact)
     done, calm, last = 0, 0, np.inf
     while done < iters:
-        state = estimator._multi_step(state, loss_fn, total, ())
-        done += estimation.CALLBACK_EVERY
+        n = min(BLOCK, iters - done)
+        state.run(n)
+        done += n
         if progress is not None:
-            progress(estimation.CALLBACK_EVERY)
-        loss = float(state.loss)
-        calm = calm + 1 if last - loss < tolerance else 0
-        last = loss
+            progress(n)
+        calm = calm + 1 if last - state.loss < tolerance else 0
+        last = state.loss
         if converge and calm >= PATIENCE:
             break
-    return PGMModel.of(state.potentials, total, artifact.domain.names, iters=done)
+    tables = {c: NamedTable(c, p) for c, p in zip(problem.cliques, state.potentials)}
+    return PGMModel.from_tables(tables, problem.sizes, total, list(artifact.domain.names), iters=done,
+                                tree=problem.tree, step=state.alpha)
