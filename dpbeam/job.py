@@ -128,7 +128,12 @@ def plan_job(spec: JobSpec, check_outputs: bool = True, engine: str = "local", *
         budget = {"discovery": discovery, **{s: f * (1 - discovery) for s, f in budget.items()}}
     # Gaussian thresholding is approximate zCDP: half of delta is set aside for it when values are discovered.
     reserved = spec.privacy.delta / 2 if any(t.kind == "categorical" for t in tasks) else 0.0
-    accountant = ZCDPAccountant(spec.privacy.epsilon, spec.privacy.delta, budget, delta_reserved=reserved)
+    if spec.task is None:
+        accountant = ZCDPAccountant(spec.privacy.epsilon, spec.privacy.delta, budget, delta_reserved=reserved)
+    else:  # task-guided synthesis: the measurements and DP-SGD composed in RDP (dpbeam.task.job.plan_task)
+        from dpbeam.task.job import plan_task
+
+        accountant = plan_task(spec, engine, budget, reserved, check_outputs)
     plan = JobPlan(spec, source, accountant, domain, None if k_auto else spec.privacy.k, tasks)
     if spec.ledger is not None:  # last: every check above passed; no row has been read
         from dpbeam.privacy.ledger import reserve_for
@@ -373,6 +378,13 @@ def run_job(
     artifact = measure(plan, engine, key=key, reporter=reporter, **options)
     with reporter.timed("write measurements"):
         artifact.write(spec.output.resolved_measurements_uri, overwrite=spec.output.overwrite)
+    task = None
+    if spec.task is not None:  # trusted side: DP-SGD on the bounded rows, written beside the measurements
+        from dpbeam.task.job import train_task, write_model
+
+        with reporter.timed("train task model"):
+            task = train_task(plan, artifact, engine, key or BoundingKey.fresh(), reporter, **options)
+            write_model(spec, task)
     out = spec.output
     statement = synthesize(
         artifact,
@@ -385,6 +397,7 @@ def run_job(
         reporter=reporter,
         layout={"max_rows_per_file": out.max_rows_per_file, "row_group_rows": out.row_group_rows,
                 "partition_by": out.partition_by},
+        task=task,
     )
     table_ref = None
     if out.table is not None:
