@@ -18,7 +18,7 @@ MIN_COPY_ROWS = 100
 
 def _sorted(col: pa.ChunkedArray | pa.Array) -> pa.Array:
     col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    return pc.take(col, pc.sort_indices(col, null_placement="at_end"))
+    return pc.take(col, pc.array_sort_indices(col, null_placement="at_end"))
 
 
 def is_permutation(real: pa.ChunkedArray | pa.Array, synth: pa.ChunkedArray | pa.Array) -> bool:

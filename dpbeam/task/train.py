@@ -22,6 +22,7 @@ sample is a step on an all-padding example, whose gradient is zero, so the step 
 from __future__ import annotations
 
 import secrets
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -50,6 +51,25 @@ def device_name() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def private_model(net: Any, params: DPSGDParams, noise_generator: Any) -> tuple[Any, Any]:
+    """Opacus's per-example gradients (an example is a unit) and its DP optimizer around Adam.
+
+    The optimizer's step clips each example's gradient to L2 norm ``params.clip``, sums (loss reduction "sum": the
+    sum is not divided by a data-dependent batch size) and adds N(0, (noise_multiplier * clip)^2) to every coordinate
+    (sensitivity ``clip``: one unit's clipped gradient). Under the test-only noise switch the multiplier is 0, and
+    nothing trained then can be written (:func:`dpbeam.task.model.write_task_model` refuses)."""
+    import torch
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
+    model = GradSampleModule(net, loss_reduction="sum")
+    z = 0.0 if noise_is_off() else params.noise_multiplier
+    opt = DPOptimizer(torch.optim.Adam(model.parameters(), lr=params.learning_rate), noise_multiplier=z,
+                      max_grad_norm=params.clip, expected_batch_size=None, loss_reduction="sum",
+                      generator=noise_generator)
+    return model, opt
+
+
 def unit_losses(net: Any, kind: str, inputs, targets, mask):
     """Each example's loss: the sum over its real rows (mask 1) of the row loss. Shape (units,)."""
     import torch
@@ -74,6 +94,7 @@ def train_dpsgd(
     params: DPSGDParams,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
+    noise_seed: int | None = None,
 ) -> tuple[dict[str, np.ndarray], str]:
     """Run ``params.steps`` DP-SGD steps over ``examples`` (one per unit) and return the weights and the device.
 
@@ -81,7 +102,8 @@ def train_dpsgd(
     ``params.clip`` in L2 (one unit's clipped summed gradient). Noise: N(0, (noise_multiplier * clip)^2) per
     coordinate. Budget: the Poisson-subsampled Gaussian, rate ``sample_rate``, for ``steps`` steps; its share of the
     job's budget is set by the accountant's choice of the noise multiplier (see the module doc). ``seed`` only sets
-    the initial weights; noise and sampling are seeded from the OS."""
+    the initial weights; noise and sampling are seeded from the OS, or from ``noise_seed``, which only tests pass (no
+    spec reaches it) so that their statistical thresholds hold for a fixed draw."""
     import torch
 
     device = device_name()
@@ -89,26 +111,25 @@ def train_dpsgd(
     if device == "cpu":  # the steps are small: one thread is fastest, and does not crowd a shared machine
         torch.set_num_threads(1)
     try:
-        return _train(examples, kind, outputs, n_inputs, hidden, params, seed, progress, device)
+        return _train(examples, kind, outputs, n_inputs, hidden, params, seed, progress, device, noise_seed)
     finally:
         torch.set_num_threads(threads)
 
 
 def _train(examples: UnitExamples, kind: str, outputs: int, n_inputs: int, hidden: int, params: DPSGDParams,
-           seed: int, progress: Callable[[int], None] | None, device: str) -> tuple[dict[str, np.ndarray], str]:
+           seed: int, progress: Callable[[int], None] | None, device: str,
+           noise_seed: int | None) -> tuple[dict[str, np.ndarray], str]:
     import torch
-    from opacus import GradSampleModule
-    from opacus.optimizers import DPOptimizer
 
     net = build_net(n_inputs, hidden, outputs)
     init_net(net, seed)
     net = net.to(device)
-    model = GradSampleModule(net, loss_reduction="sum")
-    noise_gen = torch.Generator(device=device).manual_seed(secrets.randbits(63))
-    sample_gen = torch.Generator(device=device).manual_seed(secrets.randbits(63))
-    z = 0.0 if noise_is_off() else params.noise_multiplier  # test-only switch: no artifact can be written then
-    opt = DPOptimizer(torch.optim.Adam(model.parameters(), lr=params.learning_rate), noise_multiplier=z,
-                      max_grad_norm=params.clip, expected_batch_size=None, loss_reduction="sum", generator=noise_gen)
+    seeds = np.random.SeedSequence(noise_seed).generate_state(2, np.uint64) if noise_seed is not None else None
+    noise_gen = torch.Generator(device=device).manual_seed(int(seeds[0] >> 1) if seeds is not None
+                                                           else secrets.randbits(63))
+    sample_gen = torch.Generator(device=device).manual_seed(int(seeds[1] >> 1) if seeds is not None
+                                                            else secrets.randbits(63))
+    model, opt = private_model(net, params, noise_gen)
     x = torch.as_tensor(examples.inputs, device=device)
     y = torch.as_tensor(examples.targets, device=device)
     m = torch.as_tensor(examples.mask, device=device)
@@ -123,7 +144,9 @@ def _train(examples: UnitExamples, kind: str, outputs: int, n_inputs: int, hidde
         else:  # an empty Poisson sample: a zero-gradient padding example, so the step adds noise only
             bx, by, bm = pad_x, pad_y, pad_m
         opt.zero_grad(set_to_none=True)
-        unit_losses(model, kind, bx, by, bm).sum().backward()
+        with warnings.catch_warnings():  # the inputs are indices: torch notes that no input needs a gradient
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            unit_losses(model, kind, bx, by, bm).sum().backward()
         opt.step()
         if progress:
             progress(1)
