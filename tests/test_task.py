@@ -196,7 +196,7 @@ def _bounded_rows(source: str, unit: str | None, k: int, tmp_path):
 
 
 def test_one_example_per_unit(tmp_path):
-    table = task_table(n=2000, units=150)
+    table = task_table(n=2000, units=600)  # ~3.3 rows a unit: some units above k, many below (padded)
     path = tmp_path / "users.parquet"
     pq.write_table(table, path)
     k = 4
