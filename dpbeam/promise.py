@@ -45,7 +45,7 @@ def guarantee_text(privacy: dict[str, Any]) -> str:
         f"{privacy['delta']:g})-differential privacy, from {zcdp}, for the addition or removal of one privacy unit "
         f"({unit}) together with all of its rows; at most {privacy['max_rows_per_unit']} row(s) per unit were used. "
         f"These are the budget's figures, which hold whatever the data; the privacy profile gives epsilon at other "
-        f"deltas from the same rho."
+        f"deltas from the same {'composition' if 'dpsgd' in privacy else 'rho'}."
     )
 
 
@@ -75,12 +75,14 @@ def statement_text(privacy: dict[str, Any], discovered_values: Sequence[str]) ->
 def dpsgd_composition_text(privacy: dict[str, Any], zcdp: str) -> str:
     """How a task-guided release's guarantee is composed: the measurements' zCDP and DP-SGD, in Renyi DP."""
     d = privacy["dpsgd"]
+    split = privacy["composition"]["split"]
     return (
         f"the Renyi-DP composition (dp_accounting's RDP accountant) of the measurements, {zcdp}, and the DP-SGD "
         f"training of the task model that drew the target column ({d['steps']} steps, each sampling every privacy "
         f"unit with probability {d['sample_rate']:g}, clipping each unit's summed gradient to L2 norm "
         f"{d['clip_norm']:g} and adding Gaussian noise of multiplier {d['noise_multiplier']:.4g}; "
-        f"{d['budget_share']:.0%} of the budget by the split of rho)"
+        f"{d['budget_share']:.0%} of the budget by the split of rho; alone, at this delta, the measurements would "
+        f"cost epsilon {split['measurements']['epsilon_alone']:.4g} and the training {split['dpsgd']['epsilon_alone']:.4g})"
     )
 
 
