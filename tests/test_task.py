@@ -388,3 +388,22 @@ def test_task_model_location_must_be_free(task_parquet, tmp_path):
         f.write("x")
     with pytest.raises(OutputExistsError, match="task model"):
         plan_job(spec)
+
+
+def test_unit_level_task_job(tmp_path):
+    """A user-level job: DP-SGD examples are units (k = 3 rows each at most); the model's statement says so."""
+    from dpbeam.job import run_job
+    from dpbeam.task.job import task_model_uri
+
+    table = task_table(n=3000, units=800)
+    path = tmp_path / "users.parquet"
+    pq.write_table(table, path)
+    spec = parse_spec(task_spec(str(path), str(tmp_path / "out"), unit={"column": "user_id"}, max_rows_per_unit=3))
+    statement = run_job(spec)
+    assert statement["max_rows_per_unit"] == 3 and statement["epsilon"] == 4.0
+    model = read_task_model(task_model_uri(spec))
+    text = model.statement["statement"]
+    assert "one privacy unit (column user_id)" in text and "at most 3 bounded row(s) as one example" in text
+    synth = pq.read_table(spec.output.uri)
+    assert "user_id" not in synth.column_names
+    assert copied_columns(table, synth) == []
