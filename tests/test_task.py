@@ -365,8 +365,11 @@ def test_regression_target(task_parquet, tmp_path):
     from dpbeam.job import run_job
 
     task = {"target": "r", "kind": "regression", "sample_rate": 0.05, "epochs": 10, "hidden": 8}
-    spec = parse_spec(task_spec(task_parquet, str(tmp_path / "out"), task))
-    run_job(spec)
+    data = task_spec(task_parquet, str(tmp_path / "out"), task)
+    data["synthesizer"] = {"method": "mst", "engine": "torch", "iters": 300}  # features from the other engine
+    spec = parse_spec(data)
+    statement = run_job(spec)
+    assert statement["synthesizer"]["engine"] == "torch" and statement["synthesizer"]["task"]["kind"] == "regression"
     synth = pq.read_table(spec.output.uri)
     r = synth.column("r").to_numpy()
     b = synth.column("b").to_numpy()
