@@ -5,7 +5,7 @@ table is split once (fixed seed) into a training part, which is the job's source
 rows the synthesizer never saw. For each epsilon (delta = 1e-9, row-level) the same spec runs
 
 - ``synthesizer alone``: the default synthesizer (mst-refined, local engine), no task section;
-- ``task-guided``: the same plus ``task: {target, kind}`` (budget_share 0.3, the defaults of :class:`TaskSpec`),
+- ``task-guided``: the same plus ``task: {target, kind}`` (the defaults of :class:`TaskSpec`),
   and, re-synthesized from the same measurements and task model, each other ``mix`` of MIXES (post-processing:
   no further budget);
 
@@ -33,11 +33,12 @@ from dpbeam.encode import encode_batch
 from dpbeam.evaluate.metrics import mean_tvd
 from dpbeam.evaluate.utility import utility
 from dpbeam.job import plan_job, run_job
-from dpbeam.spec import load_spec, parse_spec
+from dpbeam.spec import TaskSpec, load_spec, parse_spec
 
 DATA_DIR = Path(__file__).resolve().parent / ".data"
 TEST_SHARE = 1 / 3
 MIXES = (0.0, 0.25, 0.5)
+DEFAULT_MIX = TaskSpec.model_fields["mix"].default
 ADULT_TARGET = "income>50K"
 DIAMONDS_TARGET = "price"
 
@@ -123,7 +124,7 @@ def _one(name: str, spec_data: dict | None, spec_path: Path | None, overrides: d
     run_job(spec)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     method = "task-guided" if task else "synthesizer alone"
-    rows = [{"table": name, "method": method, "mix": task.get("mix", 0.0) if task else None, "epsilon": eps,
+    rows = [{"table": name, "method": method, "mix": task.get("mix", DEFAULT_MIX) if task else None, "epsilon": eps,
              "rep": rep, "wall_s": wall, "cpu_s": cpu, "load": load, **_evaluate(spec, out_uri, train, test, target)}]
     print(f"  {name} {method} eps={eps} rep={rep}: {rows[-1]}", flush=True)
     if task is not None:  # other mixes: post-processing of the same measurements and task model
@@ -133,7 +134,7 @@ def _one(name: str, spec_data: dict | None, spec_path: Path | None, overrides: d
 
         model = read_task_model(task_model_uri(spec))
         for mix in MIXES:
-            if mix == task.get("mix", 0.0):
+            if mix == task.get("mix", DEFAULT_MIX):
                 continue
             model.mix = mix
             uri = f"{tmp}/synth-mix{mix}"
