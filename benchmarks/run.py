@@ -16,11 +16,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import adult, engines, evaluate, generation, real_tables  # noqa: E402
-from benchmarks import speed, torch_engine, wide  # noqa: E402
+from benchmarks import speed, task, torch_engine, wide  # noqa: E402
 from dpbeam.versions import library_versions  # noqa: E402
 
 SUITE = {"adult": adult, "engines": engines, "torch_engine": torch_engine, "wide": wide, "generation": generation,
-         "evaluate": evaluate, "real_tables": real_tables, "speed": speed}
+         "evaluate": evaluate, "real_tables": real_tables, "speed": speed, "task": task}
 
 
 def machine() -> dict:
@@ -54,11 +54,11 @@ def main() -> None:
     out_dir.mkdir(exist_ok=True)
     for name in args.names:
         mod = SUITE[name]
-        reps = args.reps if args.reps is not None else (1 if name == "real_tables" else 3)
+        reps = args.reps if args.reps is not None else (1 if name in ("real_tables", "task") else 3)
         kwargs = {"reps": reps}
         if name == "evaluate" and args.audit_runs:
             kwargs["audit_runs"] = args.audit_runs
-        if args.eps and name in ("adult", "evaluate"):
+        if args.eps and name in ("adult", "evaluate", "task"):
             kwargs["epsilons"] = tuple(args.eps)
         if name == "generation":
             kwargs["reps"] = min(reps, 2)

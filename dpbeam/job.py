@@ -141,6 +141,10 @@ def plan_job(spec: JobSpec, check_outputs: bool = True, engine: str = "local", *
         lake.check_output_free(spec.output.resolved_measurements_uri, spec.output.overwrite, "output.measurements_uri")
     accountant = plan_budget(spec)
     k_auto = spec.privacy.max_rows_per_unit == "auto"
+    if spec.task is not None:  # task-guided synthesis: the measurements and DP-SGD composed in RDP
+        from dpbeam.task.job import plan_task
+
+        accountant = plan_task(spec, engine, accountant.plan, accountant.delta_reserved, check_outputs)
     plan = JobPlan(spec, source, accountant, domain, None if k_auto else spec.privacy.k, tasks)
     if spec.ledger is not None:  # last: every check above passed; no row has been read
         from dpbeam.privacy.ledger import reserve_for
@@ -385,6 +389,13 @@ def run_job(
     artifact = measure(plan, engine, key=key, reporter=reporter, **options)
     with reporter.timed("write measurements"):
         artifact.write(spec.output.resolved_measurements_uri, overwrite=spec.output.overwrite)
+    task = None
+    if spec.task is not None:  # trusted side: DP-SGD on the bounded rows, written beside the measurements
+        from dpbeam.task.job import train_task, write_model
+
+        with reporter.timed("train task model"):
+            task = train_task(plan, artifact, engine, key or BoundingKey.fresh(), reporter, **options)
+            write_model(spec, task)
     out = spec.output
     statement = synthesize(
         artifact,
@@ -397,6 +408,7 @@ def run_job(
         reporter=reporter,
         layout={"max_rows_per_file": out.max_rows_per_file, "row_group_rows": out.row_group_rows,
                 "partition_by": out.partition_by},
+        task=task,
     )
     table_ref = None
     if out.table is not None:

@@ -38,12 +38,14 @@ def guarantee_text(privacy: dict[str, Any]) -> str:
         )
     else:
         zcdp = f"{rho}-zCDP"
+    if "dpsgd" in privacy:
+        zcdp = dpsgd_composition_text(privacy, zcdp)
     return (
         f"Releasing it (and the measurements it was made from) satisfies ({privacy['epsilon']:.6g}, "
         f"{privacy['delta']:g})-differential privacy, from {zcdp}, for the addition or removal of one privacy unit "
         f"({unit}) together with all of its rows; at most {privacy['max_rows_per_unit']} row(s) per unit were used. "
         f"These are the budget's figures, which hold whatever the data; the privacy profile gives epsilon at other "
-        f"deltas from the same rho."
+        f"deltas from the same {'composition' if 'dpsgd' in privacy else 'rho'}."
     )
 
 
@@ -64,3 +66,40 @@ def values_text(discovered_values: Sequence[str]) -> str:
 def statement_text(privacy: dict[str, Any], discovered_values: Sequence[str]) -> str:
     """The promise of one release, as its ``_release.json`` states it."""
     return f"Differentially private synthetic table. {guarantee_text(privacy)} {values_text(discovered_values)}"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Task-guided synthesis (dpbeam.task): the measurements composed with DP-SGD
+
+
+def dpsgd_composition_text(privacy: dict[str, Any], zcdp: str) -> str:
+    """How a task-guided release's guarantee is composed: the measurements' zCDP and DP-SGD, in Renyi DP."""
+    d = privacy["dpsgd"]
+    split = privacy["composition"]["split"]
+    return (
+        f"the Renyi-DP composition (dp_accounting's RDP accountant) of the measurements, {zcdp}, and the DP-SGD "
+        f"training of the task model that drew the target column ({d['steps']} steps, each sampling every privacy "
+        f"unit with probability {d['sample_rate']:g}, clipping each unit's summed gradient to L2 norm "
+        f"{d['clip_norm']:g} and adding Gaussian noise of multiplier {d['noise_multiplier']:.4g}; "
+        f"{d['budget_share']:.0%} of the budget by the split of rho; alone, at this delta, the measurements would "
+        f"cost epsilon {split['measurements']['epsilon_alone']:.4g} and the training {split['dpsgd']['epsilon_alone']:.4g})"
+    )
+
+
+def task_model_text(privacy: dict[str, Any]) -> str:
+    """The task model's own statement: what its weights satisfy alone, and the release it belongs to."""
+    d = privacy["dpsgd"]
+    unit = privacy["privacy_unit"]
+    return (
+        f"Differentially private task model. Its weights are the output of DP-SGD: {d['steps']} steps, each "
+        f"sampling every privacy unit with probability {d['sample_rate']:g}, treating one unit's at most "
+        f"{privacy['max_rows_per_unit']} bounded row(s) as one example whose summed loss gradient is clipped to L2 "
+        f"norm {d['clip_norm']:g}, and adding Gaussian noise of multiplier {d['noise_multiplier']:.4g} (floating-point "
+        f"noise, Opacus without secure mode). The training alone costs ({d['epsilon_alone']:.4g}, "
+        f"{privacy['delta']:g})-differential privacy for the addition or removal of one privacy unit ({unit}) with "
+        f"all of its rows. It was trained on codes of the release's domain after the measurements were taken (it uses "
+        f"their DP compression of rare codes), so the guarantee that covers it is the release's: the measurements, "
+        f"this model and the synthetic table together satisfy "
+        f"({privacy['epsilon']:.6g}, {privacy['delta']:g})-differential privacy (the budget's figures, by Renyi-DP "
+        f"composition). No real row or value is stored in it."
+    )

@@ -396,6 +396,47 @@ class OutputSpec(_Model):
         return self.measurements_uri or self.uri.rstrip("/") + ".measurements"
 
 
+class TaskSpec(_Model):
+    """Task-guided synthesis (:mod:`dpbeam.task`): a DP-SGD model of the downstream task draws the ``target`` column.
+
+    ``target``: the column a downstream model will predict; ``kind``: ``classification`` (a categorical, boolean or
+    integer column; the model predicts its codes) or ``regression`` (an integer or float column; the model predicts a
+    Gaussian over its value). ``budget_share``: the part of the budget DP-SGD gets (the measurements get rho times
+    1 - budget_share; see :class:`dpbeam.privacy.accountant.ComposedAccountant`). ``mix``: the probability that a
+    synthetic row keeps the target drawn by the marginal model instead of the task model (0: every label from the
+    task model). ``sample_rate``: Poisson sampling probability of each privacy unit per step (public, fixed);
+    ``epochs``: expected passes over the units (steps = ceil(epochs / sample_rate)); ``clip``: L2 bound on one unit's
+    gradient; ``hidden``: width of the one hidden layer (0: a linear model over one-hot codes); ``learning_rate``:
+    Adam's step size. The defaults were chosen on Adult at epsilon 1 (benchmarks/task.py, one run per setting, see
+    benchmarks/RESULTS.md): larger samples and fewer steps beat q = 0.01 with 1,000 steps at the same budget;
+    budget_share 0.15 with mix 0.5 kept 2-way TVD within 10% of the synthesizer alone (0.3, or mix 0, did not) at the
+    same TSTR accuracy."""
+
+    target: str
+    kind: Literal["classification", "regression"]
+    budget_share: float = Field(default=0.15, gt=0, lt=1)
+    mix: float = Field(default=0.5, ge=0, le=1)
+    sample_rate: float = Field(default=0.05, gt=0, le=1)
+    epochs: float = Field(default=5.0, gt=0)
+    clip: float = Field(default=1.0, gt=0)
+    hidden: int = Field(default=0, ge=0, le=1024)
+    learning_rate: float = Field(default=0.05, gt=0)
+
+    @property
+    def steps(self) -> int:
+        """DP-SGD steps: ceil(epochs / sample_rate) (public; fixed before any row is read)."""
+        import math
+
+        return max(1, math.ceil(self.epochs / self.sample_rate - 1e-9))
+
+    @model_validator(mode="after")
+    def _steps(self) -> "TaskSpec":
+        if self.steps > 200_000:
+            raise ValueError(f"epochs / sample_rate gives {self.steps} DP-SGD steps (at most 200000): lower "
+                             "task.epochs or raise task.sample_rate")
+        return self
+
+
 class JobSpec(_Model):
     """A whole job. ``seed`` drives non-privacy randomness only (synthesis sampling); noise always comes from
     OpenDP's OS-seeded samplers, so two runs with one seed differ by their noise."""
@@ -407,6 +448,7 @@ class JobSpec(_Model):
     synthesizer: SynthesizerSpec = SynthesizerSpec()
     output: OutputSpec
     ledger: LedgerSpec | None = None
+    task: TaskSpec | None = None
     seed: int = 0
 
     @field_validator("columns")
@@ -432,9 +474,32 @@ class JobSpec(_Model):
             raise ValueError(f"output.partition_by {col!r} is not a synthesized column; use one of {list(self.columns)}")
         return self
 
+    @model_validator(mode="after")
+    def _task(self) -> "JobSpec":
+        t = self.task
+        if t is None:
+            return self
+        if t.target not in self.columns:
+            raise ValueError(f"task.target {t.target!r} is not a synthesized column; use one of {list(self.columns)}")
+        if len(self.columns) < 2:
+            raise ValueError("task needs at least one column besides task.target to predict it from")
+        kind = self.columns[t.target].kind
+        if t.kind == "regression" and kind not in ("integer", "float"):
+            raise ValueError(f"task.kind regression needs an integer or float target; columns.{t.target} is {kind}: "
+                             "use task.kind classification")
+        if t.kind == "classification" and kind in ("float", "datetime"):
+            raise ValueError(f"task.kind classification needs a categorical, boolean or integer target; "
+                             f"columns.{t.target} is {kind}: use task.kind regression, or another target")
+        if self.ledger is not None:
+            raise ValueError("the ledger composes releases in zCDP, and a task-guided run is accounted in Renyi DP "
+                             "(DP-SGD is not zCDP): remove ledger, or remove task")
+        return self
+
     def sha256(self) -> str:
-        """A stable hash of the spec's content (after defaults), recorded in every release statement."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """A stable hash of the spec's content (after defaults), recorded in every release statement. A spec without
+        a task section hashes as it did before the section existed."""
+        data = self.model_dump(mode="json", exclude={"task"} if self.task is None else None)
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
 

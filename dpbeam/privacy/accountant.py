@@ -221,3 +221,156 @@ class ZCDPAccountant:
             "reallocations": self.reallocations,
             "charges": [c.to_json() for c in self.charges],
         }
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Composition with DP-SGD (task-guided synthesis, :mod:`dpbeam.task`)
+
+# Renyi orders: dp_accounting's defaults (1.1 to 1024) plus a smaller and two larger ones, which small rho and many
+# DP-SGD steps can need. A superset of the defaults: the conversion can only be tighter than dp_accounting's default.
+def _orders() -> tuple[float, ...]:
+    from dp_accounting.rdp import rdp_privacy_accountant as rdp
+
+    return tuple(sorted(set(rdp.DEFAULT_RDP_ORDERS) | {1.05, 2048.0, 4096.0}))
+
+
+MAX_NOISE_MULTIPLIER = 1e4
+
+
+def _composed_event(rho: float, sample_rate: float, noise_multiplier: float, steps: int):
+    """The job as one dp_accounting event: the zCDP part as a Gaussian event with RDP rho * alpha (a Gaussian of noise
+    multiplier 1 / sqrt(2 rho) has RDP alpha / (2 sigma^2) = rho * alpha at every order, which is exactly what
+    rho-zCDP bounds), composed with ``steps`` Poisson-subsampled Gaussian steps (DP-SGD)."""
+    from dp_accounting import dp_event
+
+    events = []
+    if rho > 0:
+        events.append(dp_event.GaussianDpEvent(1.0 / math.sqrt(2.0 * rho)))
+    if steps > 0:
+        step = dp_event.PoissonSampledDpEvent(sample_rate, dp_event.GaussianDpEvent(noise_multiplier))
+        events.append(dp_event.SelfComposedDpEvent(step, steps))
+    return dp_event.ComposedDpEvent(events)
+
+
+def rdp_curve(rho: float, sample_rate: float, noise_multiplier: float, steps: int) -> list[tuple[float, float]]:
+    """(alpha, RDP epsilon(alpha)) of the composed job at each Renyi order (dp_accounting's RDP accountant)."""
+    from dp_accounting.rdp import rdp_privacy_accountant as rdp
+
+    acc = rdp.RdpAccountant(list(_orders()))
+    acc.compose(_composed_event(rho, sample_rate, noise_multiplier, steps))
+    return list(zip(_orders(), (float(x) for x in acc._rdp)))  # noqa: SLF001 (the curve, for the record and tests)
+
+
+def composed_epsilon(rho: float, sample_rate: float, noise_multiplier: float, steps: int, delta: float) -> float:
+    """Epsilon at ``delta`` of rho-zCDP measurements composed with DP-SGD (``steps`` steps, Poisson sampling rate
+    ``sample_rate``, noise multiplier ``noise_multiplier``), by RDP composition and dp_accounting's RDP -> (epsilon,
+    delta) conversion. RDP, not PLD: the zCDP stages (exponential-mechanism selection among them) have no privacy loss
+    distribution, only an RDP curve; RDP composes both exactly at each order."""
+    from dp_accounting.rdp import rdp_privacy_accountant as rdp
+
+    acc = rdp.RdpAccountant(list(_orders()))
+    acc.compose(_composed_event(rho, sample_rate, noise_multiplier, steps))
+    return float(acc.get_epsilon(delta))
+
+
+def noise_multiplier_for(rho: float, sample_rate: float, steps: int, epsilon: float, delta: float) -> float:
+    """The smallest DP-SGD noise multiplier (within 0.1%, erring high) such that the rho-zCDP measurements and the
+    DP-SGD steps together are (epsilon, delta)-DP (:func:`composed_epsilon`). Raises :class:`BudgetError` when no
+    noise multiplier fits (the zCDP part alone uses the whole budget)."""
+    if composed_epsilon(rho, sample_rate, MAX_NOISE_MULTIPLIER, steps, delta) > epsilon:
+        raise BudgetError(
+            f"with task.budget_share this small the measurements leave no room for DP-SGD within epsilon {epsilon:g}: "
+            "raise task.budget_share, or lower task.epochs or task.sample_rate"
+        )
+    lo, hi = 0.0, 1.0
+    while composed_epsilon(rho, sample_rate, hi, steps, delta) > epsilon:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1e-3 * hi:
+        mid = (lo + hi) / 2
+        if composed_epsilon(rho, sample_rate, mid, steps, delta) <= epsilon:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+class ComposedAccountant(ZCDPAccountant):
+    """A :class:`ZCDPAccountant` for the zCDP measurements, plus DP-SGD, composed in Renyi DP against one budget.
+
+    The budget (epsilon, delta) is split by ``dpsgd_share``: the zCDP stages get rho = (1 - dpsgd_share) times the
+    rho that the whole budget would give (:func:`rho_for`); DP-SGD gets the rest of the budget, through its noise
+    multiplier: the smallest one for which the composition (:func:`composed_epsilon`, at delta - delta_reserved) is at
+    most epsilon. Every DP-SGD parameter (sampling rate, steps, clipping bound, noise multiplier) is fixed here, before
+    any row is read, so nothing about the training depends on the data but its output.
+
+    The release is (epsilon, delta)-DP: the zCDP part is (rho, delta_reserved)-approximate zCDP, so apart from an event
+    of probability delta_reserved its RDP is rho * alpha; DP-SGD's RDP is the subsampled Gaussian's; RDP adds over the
+    mechanisms at each order; conversion at delta - delta_reserved, plus delta_reserved, gives delta. The reported
+    epsilon is the budget's, which the composition meets whatever the data."""
+
+    def __init__(self, epsilon: float, delta: float, plan: dict[str, float], dpsgd_share: float, sample_rate: float,
+                 steps: int, clip: float, delta_reserved: float = 0.0):
+        if not 0 < dpsgd_share < 1:
+            raise ValueError("dpsgd_share must be in (0, 1)")
+        super().__init__(epsilon, delta, plan, delta_reserved=delta_reserved)
+        self.rho_budget = self.rho
+        self.rho = self.rho_budget * (1.0 - dpsgd_share)
+        self.dpsgd_share = dpsgd_share
+        self.sample_rate = sample_rate
+        self.steps = steps
+        self.clip = clip
+        self.noise_multiplier = noise_multiplier_for(self.rho, sample_rate, steps, epsilon, delta - delta_reserved)
+
+    def epsilon_at(self, delta: float) -> float:
+        """Epsilon of the whole composition at total ``delta`` (> delta_reserved)."""
+        return composed_epsilon(self.rho, self.sample_rate, self.noise_multiplier, self.steps,
+                                delta - self.delta_reserved)
+
+    def dpsgd_epsilon_alone(self, delta: float | None = None) -> float:
+        """Epsilon of the DP-SGD training alone (the task model's own guarantee) at ``delta`` (default: the budget's)."""
+        return composed_epsilon(0.0, self.sample_rate, self.noise_multiplier, self.steps,
+                                self.delta if delta is None else delta)
+
+    def privacy_profile(self) -> list[dict[str, float | None]]:
+        """Epsilon of the composition at each delta of :data:`PROFILE_DELTAS` (None at or below delta_reserved)."""
+        return [{"delta": d, "epsilon": self.epsilon_at(d) if d > self.delta_reserved else None}
+                for d in PROFILE_DELTAS]
+
+    def dpsgd_record(self) -> dict[str, Any]:
+        """DP-SGD's part of the record: its parameters and what they protect."""
+        return {
+            "mechanism": "DP-SGD (Opacus): Poisson sampling of privacy units, per-unit clipping, Gaussian noise",
+            "protects": "one privacy unit: its <= k bounded rows form one training example whose summed loss "
+                        "gradient is clipped to clip_norm",
+            "sensitivity_l2": self.clip,
+            "sample_rate": self.sample_rate,
+            "steps": self.steps,
+            "clip_norm": self.clip,
+            "noise_multiplier": self.noise_multiplier,
+            "noise_stddev": self.noise_multiplier * self.clip,
+            "budget_share": self.dpsgd_share,
+            "epsilon_alone": self.dpsgd_epsilon_alone(),
+        }
+
+    def record(self) -> dict[str, Any]:
+        """The guarantee of the composition (the budget's epsilon and delta, the profile from the composed RDP curve),
+        its split (the zCDP measurements' rho, DP-SGD's parameters), and the zCDP charges."""
+        out = super().record()
+        dprime = self.delta - self.delta_reserved
+        out.update(
+            measure="Renyi DP: the rho-zCDP measurements (RDP rho * alpha) composed with DP-SGD (Poisson-subsampled "
+                    "Gaussian) by dp_accounting's RDP accountant, converted to (epsilon, delta)-DP",
+            guarantee="RDP composition of " + ("approximate zCDP" if self.approximate else "zCDP") + " and DP-SGD",
+            composition={
+                "accountant": "dp_accounting RDP",
+                "epsilon_composed": self.epsilon_at(self.delta),
+                "rho_budget": self.rho_budget,
+                "split": {
+                    "measurements": {"rho": self.rho, "share": 1.0 - self.dpsgd_share,
+                                     "epsilon_alone": epsilon_for(self.rho, dprime)},
+                    "dpsgd": {"share": self.dpsgd_share, "epsilon_alone": self.dpsgd_epsilon_alone(dprime)},
+                },
+            },
+            dpsgd=self.dpsgd_record(),
+        )
+        return out

@@ -103,10 +103,11 @@ def synthesize(
     reporter: Reporter | None = None,
     layout: dict[str, Any] | None = None,
     warm_start: Any = None,
+    task: Any = None,
 ) -> dict[str, Any]:
     """Fit a model to the artifact and write ``rows`` synthetic rows (default: the DP estimate of the row count);
     ``layout``: :class:`dpbeam.lake.DatasetWriter`'s file sizing and partitioning; ``warm_start``: see
-    :func:`fit_model`."""
+    :func:`fit_model`; ``task``: a DP task model (:mod:`dpbeam.task`) that draws the target column."""
     reporter = reporter or Reporter()
     if isinstance(artifact, str):
         artifact = MeasurementsArtifact.read(artifact)
@@ -132,6 +133,10 @@ def synthesize(
     if name == "torch":
         info.update(relaxed_rows=model.rows, steps=model.steps,
                     loss_per_entry=round(model.loss / model.measured_entries, 4))
+    if task is not None:  # task-guided synthesis: labels from the DP task model (post-processing)
+        from dpbeam.task.job import guide
+
+        model, info["task"] = guide(model, task, artifact, task.mix)
     with reporter.timed("generate and write"):
         return write_synthetic_table(model, artifact, out_uri, n, seed, info, overwrite=overwrite,
                                      reporter=reporter, layout=layout)

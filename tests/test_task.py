@@ -1,0 +1,412 @@
+"""Task-guided synthesis (dpbeam.task): spec, accounting per unit, DP-SGD noise, the whole job, the guardrail."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("opacus")
+
+from dpbeam.errors import BudgetError, SpecError  # noqa: E402
+from dpbeam.privacy.accountant import (  # noqa: E402
+    ComposedAccountant,
+    composed_epsilon,
+    epsilon_for,
+    noise_multiplier_for,
+    rdp_curve,
+    rho_for,
+)
+from dpbeam.spec import parse_spec  # noqa: E402
+from dpbeam.task.data import BoundedRows, FeatureLayout, group_by_unit, unit_examples  # noqa: E402
+from dpbeam.task.guardrail import copied_columns  # noqa: E402
+from dpbeam.task.model import build_net, init_net, read_task_model  # noqa: E402
+from dpbeam.task.train import DPSGDParams, private_model, train_dpsgd, unit_losses  # noqa: E402
+
+
+def task_table(n: int = 3000, seed: int = 0, units: int | None = None) -> pa.Table:
+    """a: 5 categories; b: 0..9; y: 1 when b >= 5, flipped for 10% of rows; r: 10 b + a + noise (0..99)."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 5, n)
+    b = rng.integers(0, 10, n)
+    y = ((b >= 5) ^ (rng.random(n) < 0.1)).astype(np.int64)
+    r = np.clip(10 * b + a + rng.integers(0, 5, n), 0, 99)
+    cols = {"a": pa.array([f"c{i}" for i in a]), "b": pa.array(b), "y": pa.array(y), "r": pa.array(r)}
+    if units is not None:
+        cols = {"user_id": pa.array(rng.integers(0, units, n)), **cols}
+    return pa.table(cols, schema=pa.schema([pa.field(k, v.type, nullable=False) for k, v in cols.items()]))
+
+
+def task_spec(source: str, out: str, task: dict | None = None, **privacy) -> dict:
+    return {
+        "name": "task",
+        "source": {"uri": source},
+        "privacy": {"epsilon": 4.0, "delta": 1e-6, **privacy},
+        "columns": {
+            "a": {"kind": "categorical", "values": [f"c{i}" for i in range(5)]},
+            "b": {"kind": "integer", "bounds": [0, 9]},
+            "y": {"kind": "integer", "bounds": [0, 1]},
+            "r": {"kind": "integer", "bounds": [0, 99], "bins": 10},
+        },
+        "synthesizer": {"method": "mst", "iters": 200},
+        "task": task if task is not None else {"target": "y", "kind": "classification", "sample_rate": 0.05,
+                                                "epochs": 10},
+        "output": {"uri": out},
+        "seed": 1,
+    }
+
+
+@pytest.fixture
+def task_parquet(tmp_path) -> str:
+    path = tmp_path / "task.parquet"
+    pq.write_table(task_table(), path)
+    return str(path)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Spec
+
+
+@pytest.mark.parametrize(
+    "task, words",
+    [
+        ({"target": "nope", "kind": "classification"}, ["task.target", "nope"]),
+        ({"target": "a", "kind": "regression"}, ["task.kind regression", "columns.a"]),
+        ({"target": "y", "kind": "classification", "budget_share": 1.0}, ["task.budget_share"]),
+        ({"target": "y", "kind": "classification", "sample_rate": 1e-6}, ["task", "steps", "task.epochs"]),
+        ({"target": "y", "kind": "classify"}, ["task.kind"]),
+    ],
+)
+def test_task_spec_errors_name_the_field(tmp_path, task, words):
+    with pytest.raises(SpecError) as err:
+        parse_spec(task_spec("x.parquet", str(tmp_path / "o"), task))
+    for w in words:
+        assert w in str(err.value)
+
+
+def test_task_with_ledger_is_refused(tmp_path):
+    data = {**task_spec("x.parquet", str(tmp_path / "o")), "ledger": {"uri": "sqlite://", "dataset": "d"}}
+    with pytest.raises(SpecError, match="remove ledger, or remove task"):
+        parse_spec(data)
+
+
+def test_spec_hash_without_task_is_unchanged(tmp_path):
+    """Adding the task section did not change the hash of specs without one (ledgers and statements pin it)."""
+    import hashlib
+
+    data = task_spec("x.parquet", str(tmp_path / "o"))
+    del data["task"]
+    spec = parse_spec(data)
+    dump = spec.model_dump(mode="json")
+    dump.pop("task")
+    blob = json.dumps(dump, sort_keys=True, separators=(",", ":"))
+    assert spec.sha256() == hashlib.sha256(blob.encode()).hexdigest()
+
+
+def test_other_engines_are_refused_at_plan_time(task_parquet, tmp_path):
+    from dpbeam.job import plan_job
+
+    spec = parse_spec(task_spec(task_parquet, str(tmp_path / "o")))
+    for engine in ("beam", "spark"):
+        with pytest.raises(SpecError, match="local engine"):
+            plan_job(spec, engine=engine)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Accounting
+
+
+def test_zcdp_part_is_rho_alpha_in_rdp():
+    """The measurements enter the RDP composition as rho * alpha at every order, which is what rho-zCDP states."""
+    rho = 0.0123
+    for alpha, eps in rdp_curve(rho, 0.01, 1.0, 0):
+        assert eps == pytest.approx(rho * alpha, rel=1e-12)
+
+
+def test_composed_accountant_meets_the_budget_and_no_more():
+    eps, delta = 1.0, 1e-9
+    acc = ComposedAccountant(eps, delta, {"a": 0.5, "b": 0.5}, dpsgd_share=0.3, sample_rate=0.01, steps=500, clip=1.0)
+    # the zCDP stages get 70% of the rho the whole budget would give
+    assert acc.rho == pytest.approx(0.7 * rho_for(eps, delta), rel=1e-12)
+    assert acc.allotted("a") == pytest.approx(0.35 * rho_for(eps, delta), rel=1e-12)
+    # the whole composition is within the budget, and the noise multiplier is (nearly) the smallest that is:
+    # 1% less noise overspends (bisection stops within 0.1%)
+    assert acc.epsilon_at(delta) <= eps
+    assert composed_epsilon(acc.rho, 0.01, acc.noise_multiplier * 0.99, 500, delta) > eps
+    rec = acc.record()
+    assert rec["epsilon"] == eps and rec["delta"] == delta
+    assert rec["composition"]["epsilon_composed"] <= eps
+    assert rec["dpsgd"]["noise_multiplier"] == acc.noise_multiplier
+    assert rec["dpsgd"]["sensitivity_l2"] == 1.0
+    # each part alone costs less than the whole
+    split = rec["composition"]["split"]
+    assert split["measurements"]["epsilon_alone"] < eps and split["dpsgd"]["epsilon_alone"] < eps
+    # the profile at the budget's delta is the composition's epsilon
+    at = {p["delta"]: p["epsilon"] for p in rec["privacy_profile"]}
+    assert at[1e-9] == pytest.approx(acc.epsilon_at(1e-9))
+
+
+def test_thresholds_delta_is_set_aside():
+    """With delta reserved for thresholding, the composition converts at delta - delta_reserved."""
+    acc = ComposedAccountant(1.0, 1e-6, {"a": 1.0}, 0.3, 0.02, 200, 1.0, delta_reserved=5e-7)
+    assert acc.epsilon_at(1e-6) <= 1.0
+    assert composed_epsilon(acc.rho, 0.02, acc.noise_multiplier, 200, 1e-6 - 5e-7) == pytest.approx(acc.epsilon_at(1e-6))
+
+
+def test_no_room_for_dpsgd_is_a_budget_error():
+    rho = rho_for(1.0, 1e-9)  # the measurements alone would take the whole budget
+    with pytest.raises(BudgetError, match="task.budget_share"):
+        noise_multiplier_for(rho * 1.01, 0.01, 100, 1.0, 1e-9)
+
+
+def test_dpsgd_only_accounting_matches_dp_accounting_directly():
+    from dp_accounting import dp_event
+    from dp_accounting.rdp import rdp_privacy_accountant as rdp
+
+    acc = rdp.RdpAccountant()
+    acc.compose(dp_event.SelfComposedDpEvent(dp_event.PoissonSampledDpEvent(0.01, dp_event.GaussianDpEvent(2.0)), 300))
+    # our orders are a superset of dp_accounting's defaults: the same answer or a tighter one, never looser
+    ours = composed_epsilon(0.0, 0.01, 2.0, 300, 1e-6)
+    assert ours <= acc.get_epsilon(1e-6)
+    assert ours >= acc.get_epsilon(1e-6) * 0.98
+    # zCDP only: dp_accounting's RDP conversion is a little looser than OpenDP's exact zCDP conversion
+    assert epsilon_for(0.05, 1e-6) <= composed_epsilon(0.05, 0.01, 1.0, 0, 1e-6) <= 1.05 * epsilon_for(0.05, 1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Per-unit examples and clipping
+
+
+def _bounded_rows(source: str, unit: str | None, k: int, tmp_path):
+    from dpbeam.bounding import BoundingKey
+    from dpbeam.job import plan_job
+    from transforms import local
+
+    privacy = {"unit": {"column": unit}, "max_rows_per_unit": k} if unit else {}
+    spec = parse_spec(task_spec(source, str(tmp_path / "o"), **privacy))
+    plan = plan_job(spec, check_outputs=False)
+    rows = local.run_aggregation(plan.source, BoundedRows(plan.domain), unit, k, BoundingKey(b"k" * 32))
+    return plan, rows
+
+
+def test_one_example_per_unit(tmp_path):
+    table = task_table(n=2000, units=600)  # ~3.3 rows a unit: some units above k, many below (padded)
+    path = tmp_path / "users.parquet"
+    pq.write_table(table, path)
+    k = 4
+    plan, rows = _bounded_rows(str(path), "user_id", k, tmp_path)
+    codes, unit, slot = group_by_unit(rows, k)
+    units = table.column("user_id").to_numpy()
+    per_unit = np.bincount(np.unique(units, return_inverse=True)[1])
+    # one example per unit, and each unit keeps min(its rows, k) rows
+    assert unit.max() + 1 == len(per_unit)
+    assert sorted(np.bincount(unit)) == sorted(np.minimum(per_unit, k))
+    assert slot.max() == k - 1
+    layout = FeatureLayout("y", ("a", "b", "r"), (6, 10, 10))
+    ex = unit_examples(codes, unit, slot, k, layout, plan.domain.names, codes[:, 2])
+    assert ex.inputs.shape == (len(per_unit), k, 4) and ex.mask.sum() == len(codes)
+    # units with fewer than k rows are padded: padding rows carry mask 0 (no loss, no gradient)
+    pad = ex.mask == 0
+    assert pad.sum() == len(per_unit) * k - len(codes) > 0
+    assert np.all(ex.inputs[pad][:, :-1] == 0) and np.all(ex.inputs[..., -1] == layout.bias_index)
+
+
+def test_row_level_rows_are_units(task_parquet, tmp_path):
+    plan, rows = _bounded_rows(task_parquet, None, 1, tmp_path)
+    codes, unit, slot = group_by_unit(rows, 1)
+    assert len(np.unique(unit)) == len(codes) == 3000 and np.all(slot == 0)
+
+
+def _per_unit_gradients(k: int, units: int, seed: int = 0):
+    """Per-example gradients from Opacus for units of k rows each (all rows real), flattened, one row per unit."""
+    rng = np.random.default_rng(seed)
+    layout = FeatureLayout("y", ("f",), (8,))
+    codes = np.stack([rng.integers(0, 8, units * k), rng.integers(0, 2, units * k)], axis=1)
+    unit = np.repeat(np.arange(units), k)
+    slot = np.tile(np.arange(k), units)
+    ex = unit_examples(codes, unit, slot, k, layout, ["f", "y"], codes[:, 1])
+    net = build_net(layout.n_inputs, 0, 2)
+    init_net(net, 0)
+    with torch.no_grad():
+        net.embed.weight.normal_(0, 3.0, generator=torch.Generator().manual_seed(1))  # large gradients: clipping binds
+    model, _ = private_model(net, DPSGDParams(0.1, 1, 1.0, 1.0), torch.Generator().manual_seed(0))
+    loss = unit_losses(model, "classification", torch.as_tensor(ex.inputs), torch.as_tensor(ex.targets),
+                       torch.as_tensor(ex.mask)).sum()
+    loss.backward()
+    grads = torch.cat([p.grad_sample.reshape(units, -1) for p in model.parameters()], dim=1)
+    return grads, ex, net
+
+
+def test_clipping_bounds_a_whole_unit():
+    """Opacus sees one example per unit (not per row), and its gradient is the sum of the unit's rows' gradients: so
+    clipping to C bounds the unit's whole contribution (sensitivity C, no factor k)."""
+    k, units = 5, 12
+    grads, ex, net = _per_unit_gradients(k, units)
+    assert grads.shape[0] == units
+    # the per-unit gradient equals the gradient of that unit's summed loss, computed on its own
+    for u in (0, 7):
+        net.zero_grad()
+        loss = unit_losses(net, "classification", torch.as_tensor(ex.inputs[u : u + 1]),
+                           torch.as_tensor(ex.targets[u : u + 1]), torch.as_tensor(ex.mask[u : u + 1])).sum()
+        loss.backward()
+        own = torch.cat([p.grad.reshape(-1) for p in net.parameters()])
+        torch.testing.assert_close(grads[u], own, rtol=1e-5, atol=1e-5)
+    # and those gradients exceed C = 1 (k rows add up), which is what clipping per unit must bound
+    assert float(grads.norm(dim=1).max()) > 2.0
+
+
+def test_removing_a_unit_moves_the_clipped_sum_by_at_most_c():
+    k, units, clip = 5, 12, 1.0
+    grads, _, _ = _per_unit_gradients(k, units, seed=3)
+    factors = torch.clamp(clip / (grads.norm(dim=1) + 1e-6), max=1.0)  # Opacus's flat clipping
+    clipped = grads * factors[:, None]
+    total = clipped.sum(dim=0)
+    for u in range(units):
+        assert float((total - (total - clipped[u])).norm()) <= clip + 1e-5
+
+
+def test_dpsgd_step_adds_noise_of_multiplier_times_clip():
+    """The noisy gradient of an all-padding batch (zero gradient) is pure noise with stddev z C per coordinate.
+
+    1,000 x 4 = 4,000 coordinates: the sample stddev has relative standard error 1 / sqrt(2 * 4000) = 1.1%, so 5% is
+    over 4 standard errors; a missing noise (0) or a noise scaled by k or by 1/batch would fail."""
+    z, clip = 2.5, 0.7
+    net = build_net(1000, 0, 4)
+    init_net(net, 0)
+    model, opt = private_model(net, DPSGDParams(0.1, 1, clip, z), torch.Generator().manual_seed(5))
+    x = torch.full((1, 3, 2), 999, dtype=torch.int64)
+    y = torch.zeros((1, 3))
+    m = torch.zeros((1, 3))
+    unit_losses(model, "classification", x, y, m).sum().backward()
+    assert opt.pre_step()  # clip, sum, add noise; sets .grad
+    g = net.embed.weight.grad
+    assert float(g.std()) == pytest.approx(z * clip, rel=0.05)
+    assert abs(float(g.mean())) < 5 * z * clip / math.sqrt(g.numel())
+
+
+def test_training_learns_the_task(task_parquet, tmp_path):
+    """DP-SGD on 3,000 rows at noise multiplier 1 (q = 0.05: ~150 units a step, noise stddev 1 per coordinate against
+    a summed gradient of ~150 clipped terms) learns y = [b >= 5] (90% accurate by construction, majority 50%). Fixed
+    noise seed; 0.8 leaves 10 points for the noise's bias of the weights at this signal-to-noise ratio."""
+    plan, rows = _bounded_rows(task_parquet, None, 1, tmp_path)
+    codes, unit, slot = group_by_unit(rows, 1)
+    names = plan.domain.names
+    sizes = dict(zip(names, plan.domain.sizes))
+    features = ("a", "b", "r")
+    layout = FeatureLayout("y", features, tuple(sizes[f] for f in features))
+    ex = unit_examples(codes, unit, slot, 1, layout, names, codes[:, names.index("y")])
+    weights, device = train_dpsgd(ex, "classification", 2, layout.n_inputs, 0, DPSGDParams(0.05, 200, 1.0, 1.0),
+                                  noise_seed=7)
+    from dpbeam.task.model import TaskModel
+
+    model = TaskModel("classification", layout, 0, 2, weights, {"classes": 2})
+    feats = codes[:, [names.index(f) for f in features]]
+    acc = np.mean(model.predict(feats).argmax(axis=1) == codes[:, names.index("y")])
+    assert acc >= 0.8, acc
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The whole job, the artifact, the guardrail
+
+
+def dpdsyn_as_printed(real: pa.Table, target: str, seed: int = 0) -> pa.Table:
+    """The planted flaw: DPDSyn's printed algorithm shuffles each real feature column and labels the rows with a
+    model (here a stand-in labeller; the features are what matters). NOT DP: every feature value is real."""
+    rng = np.random.default_rng(seed)
+    cols = {}
+    for name in real.column_names:
+        if name == target:
+            cols[name] = pa.array(rng.integers(0, 2, real.num_rows))
+        else:
+            cols[name] = real.column(name).take(pa.array(rng.permutation(real.num_rows)))
+    return pa.table(cols)
+
+
+def test_task_job_end_to_end_and_guardrail(task_parquet, tmp_path):
+    from dpbeam.job import run_job
+    from dpbeam.task.job import task_model_uri
+
+    spec = parse_spec(task_spec(task_parquet, str(tmp_path / "out")))
+    statement = run_job(spec)
+    synth = pq.read_table(spec.output.uri)
+    real = pq.read_table(task_parquet)
+    # the release's figures are the budget's; its text states the composition with DP-SGD
+    assert statement["epsilon"] == 4.0 and statement["delta"] == 1e-6
+    assert "DP-SGD" in statement["statement"] and "Renyi-DP composition" in statement["statement"]
+    assert statement["synthesizer"]["task"]["target"] == "y"
+    with open(os.path.join(spec.output.resolved_measurements_uri, "privacy.json")) as f:
+        privacy = json.load(f)
+    assert privacy["composition"]["epsilon_composed"] <= 4.0
+    assert privacy["dpsgd"]["steps"] == 200 and privacy["dpsgd"]["sample_rate"] == 0.05
+    # the task model is written beside the measurements with its own statement
+    model = read_task_model(task_model_uri(spec))
+    assert model.statement["epsilon"] == 4.0
+    assert model.statement["dpsgd"]["epsilon_alone"] < 4.0
+    assert "DP-SGD" in model.statement["statement"]
+    assert "train_seconds" not in json.dumps(model.statement)  # no timing of the trusted pass
+    # labels follow the task: in the synthetic table y agrees with [b >= 5] far above chance (90% in the real
+    # table; the DP model at eps 4 and the marginal model's b are both noisy, so 0.75 is the bar)
+    b = synth.column("b").to_numpy()
+    y = synth.column("y").to_numpy()
+    assert np.mean(y == (b >= 5)) > 0.75
+    # guardrail: no output column is a permutation or a copy of a real column ...
+    assert copied_columns(real, synth) == []
+    # ... while DPDSyn as printed fails the same check on every feature column
+    assert sorted(copied_columns(real, dpdsyn_as_printed(real, "y"))) == ["a", "b", "r"]
+
+
+def test_regression_target(task_parquet, tmp_path):
+    from dpbeam.job import run_job
+
+    task = {"target": "r", "kind": "regression", "sample_rate": 0.05, "epochs": 10, "hidden": 8}
+    data = task_spec(task_parquet, str(tmp_path / "out"), task)
+    data["synthesizer"] = {"method": "mst", "engine": "torch", "iters": 300}  # features from the other engine
+    spec = parse_spec(data)
+    statement = run_job(spec)
+    assert statement["synthesizer"]["engine"] == "torch" and statement["synthesizer"]["task"]["kind"] == "regression"
+    synth = pq.read_table(spec.output.uri)
+    r = synth.column("r").to_numpy()
+    b = synth.column("b").to_numpy()
+    assert r.min() >= 0 and r.max() <= 99
+    # r = 10 b + small noise in the real table: the synthetic r must still track b (correlation 0.99 in the real
+    # table; 0.6 allows for the DP model's noise and the 10-wide bins)
+    assert np.corrcoef(r, b)[0, 1] > 0.6
+    assert copied_columns(pq.read_table(task_parquet), synth) == []
+
+
+def test_task_model_location_must_be_free(task_parquet, tmp_path):
+    from dpbeam.errors import OutputExistsError
+    from dpbeam.job import plan_job
+    from dpbeam.task.job import task_model_uri
+
+    spec = parse_spec(task_spec(task_parquet, str(tmp_path / "out")))
+    os.makedirs(task_model_uri(spec))
+    with open(os.path.join(task_model_uri(spec), "x"), "w") as f:
+        f.write("x")
+    with pytest.raises(OutputExistsError, match="task model"):
+        plan_job(spec)
+
+
+def test_unit_level_task_job(tmp_path):
+    """A user-level job: DP-SGD examples are units (k = 3 rows each at most); the model's statement says so."""
+    from dpbeam.job import run_job
+    from dpbeam.task.job import task_model_uri
+
+    table = task_table(n=3000, units=800)
+    path = tmp_path / "users.parquet"
+    pq.write_table(table, path)
+    spec = parse_spec(task_spec(str(path), str(tmp_path / "out"), unit={"column": "user_id"}, max_rows_per_unit=3))
+    statement = run_job(spec)
+    assert statement["max_rows_per_unit"] == 3 and statement["epsilon"] == 4.0
+    model = read_task_model(task_model_uri(spec))
+    text = model.statement["statement"]
+    assert "one privacy unit (column user_id)" in text and "at most 3 bounded row(s) as one example" in text
+    synth = pq.read_table(spec.output.uri)
+    assert "user_id" not in synth.column_names
+    assert copied_columns(table, synth) == []
