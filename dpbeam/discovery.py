@@ -451,7 +451,7 @@ def choose_k(
     return best, kept_share, kept_rows
 
 
-NOISE_TVD = 0.5  # the expected total-variation distance that noise may add to a measured 2-way marginal of open bins
+NOISE_TVD = 1.0  # the expected total-variation distance that noise may add to a measured 2-way marginal of open bins
 
 
 def bins_for_noise(rows: float, k: int, sigma_per_row: float, most: int) -> int:

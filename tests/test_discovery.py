@@ -359,13 +359,13 @@ def test_point_mass_gets_a_bin_of_its_own():
 
 
 def test_bins_for_noise():
-    """b^2 k sigma sqrt(2/pi) / (2 rows) <= NOISE_TVD: with rows = 4,711, k = 1, sigma = 45 (a user-level table of
-    twelve columns at eps = 1), b^2 <= 0.5 * 2 * 4711 / (45 * 0.798) = 131, so 11 bins; with a quarter of the rows,
-    5; never above the spec's number, never below 2."""
+    """b^2 k sigma sqrt(2/pi) / (2 rows) <= NOISE_TVD = 1: with rows = 4,711, k = 1, sigma = 90 (a user-level table of
+    twelve columns at eps = 0.5), b^2 <= 2 * 4711 / (90 * 0.798) = 131, so 11 bins; with a quarter of the rows, 5;
+    never above the spec's number, never below 2."""
     from dpbeam.discovery import bins_for_noise
 
-    assert bins_for_noise(4711, 1, 45.0, 16) == 11
-    assert bins_for_noise(4711 / 4, 1, 45.0, 16) == 5
-    assert bins_for_noise(4711 * 100, 1, 45.0, 16) == 16
-    assert bins_for_noise(10, 1, 45.0, 16) == 2
-    assert bins_for_noise(4711 * 15, 15, 45.0, 16) == 11  # k rows from each unit, k times the noise
+    assert bins_for_noise(4711, 1, 90.0, 16) == 11
+    assert bins_for_noise(4711 / 4, 1, 90.0, 16) == 5
+    assert bins_for_noise(4711 * 100, 1, 90.0, 16) == 16
+    assert bins_for_noise(10, 1, 90.0, 16) == 2
+    assert bins_for_noise(4711 * 15, 15, 90.0, 16) == 11  # k rows from each unit, k times the noise
