@@ -233,7 +233,12 @@ def discover(plan: JobPlan, engine: str, key: BoundingKey, reporter: Reporter, *
                                                  edges=tuple(edges), binned_kind=t.kind)
                 reporter.say(f"DP bins of {t.column}: {domains[t.column].labels()[0]} .. "
                              f"{domains[t.column].labels()[-1 - domains[t.column].nullable]}")
-                if not informative:
+                if totals[t.column] <= 0:
+                    notes.append(f"column {t.column}: its values did not stand out of the discovery noise at this "
+                                 "budget at any resolution, so its range is a guess (the coarse cell with the largest "
+                                 f"noisy count); give columns.{t.column}.bounds (and bins), or raise "
+                                 "privacy.discovery_fraction")
+                elif not informative:
                     notes.append(f"column {t.column}: its values did not stand out of the discovery noise at this "
                                  "budget, so its bins are equal steps of a coarse range, not quantiles; give "
                                  f"columns.{t.column}.bounds (and bins), or raise privacy.discovery_fraction")
