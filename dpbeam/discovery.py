@@ -56,6 +56,7 @@ DATETIME_GRID = (
     np.arange(np.datetime64("1900-01"), np.datetime64("2101-01")).astype("datetime64[us]").astype(np.int64)
 )
 TREE_DEPTH = 10  # fine grids of 2^10 = 1024 leaves
+MAX_DEPTH = 16  # fine trees of large tables: see tree_depth
 INTEGER_DEPTH = 14  # integers: one leaf per value up to 2^14 values (a year in (1000, 10000])
 COARSE_WEIGHT, FINE_WEIGHT = 0.5, 1.0
 SLACK = 1.0  # end quantiles leave out SLACK sigma / total more than LOW_Q (see TreeRelease.end_slack)
@@ -132,12 +133,12 @@ class FineGrid:
         return int(self.leaves).bit_length() - 1
 
     @classmethod
-    def over(cls, kind: str, lo: float, hi: float) -> "FineGrid":
+    def over(cls, kind: str, lo: float, hi: float, depth: int = TREE_DEPTH) -> "FineGrid":
         """The fine grid over a discovered range (public: the range is a DP output). Integers get one value per leaf
         when the range holds at most 2^INTEGER_DEPTH of them, and only as many leaves as the next power of two above
         the range (a shallower tree: its noise grows with the square root of its depth); other ranges get
-        2^TREE_DEPTH leaves."""
-        leaves = 1 << TREE_DEPTH
+        2^depth leaves (see :func:`tree_depth`)."""
+        leaves = 1 << depth
         span = math.floor(hi) - math.floor(lo) + 1
         if kind == "integer" and span <= 1 << INTEGER_DEPTH:
             return cls(float(math.floor(lo)), 1.0, max(2, 1 << max(0, int(span - 1).bit_length())))
@@ -519,12 +520,26 @@ def select_values(
     return ValueSelection(values, threshold, scale)
 
 
+def tree_depth(total: float, m: int, rho_tree: float) -> int:
+    """How deep a fine tree to build over a decade-wide range, from public quantities and a DP count (post-processing
+    of the range release): TREE_DEPTH, plus one level for each doubling of total / sigma_1 beyond 16, up to
+    MAX_DEPTH. sigma_1 = m / sqrt(2 rho_tree) is the noise of a one-level tree's nodes, so total / sigma_1 is how
+    many parts the values can be told apart in; a large table can afford leaves narrow enough for values packed in
+    a sliver of their decade (a city's latitudes in (10, 100]), at sqrt(depth) more noise per node."""
+    if total <= 0:
+        return TREE_DEPTH
+    parts = total / gaussian_sigma(rho_tree, float(m))
+    return int(min(MAX_DEPTH, max(TREE_DEPTH, TREE_DEPTH + math.ceil(math.log2(max(parts, 1.0) / 16)))))
+
+
 def select_range(
-    cell_counts: np.ndarray, kind: str, m: int, accountant: ZCDPAccountant, rho: float, column: str
+    cell_counts: np.ndarray, kind: str, m: int, accountant: ZCDPAccountant, rho: float, column: str,
+    rho_tree: float | None = None,
 ) -> tuple[FineGrid, float]:
     """The fine grid to search for bins in: the coarse-grid edges around the DP 0.01- and 0.99-quantiles (cell i
     spans (grid[i-1], grid[i]]) of one :func:`noisy_histogram` on the coarse grid: L2 sensitivity ``m`` (m values
-    per unit), rho ``rho``. Returns the fine grid (:meth:`FineGrid.over`) and the noisy total (post-processing), an
+    per unit), rho ``rho``. Returns the fine grid (:meth:`FineGrid.over`; its depth from :func:`tree_depth` and the
+    fine tree's budget ``rho_tree``, TREE_DEPTH when not given) and the noisy total (post-processing), an
     estimate of the number of sampled values (0 when nothing stood out of the noise; the range is then the single
     largest noisy cell)."""
     grid = grid_for(kind)
@@ -542,7 +557,8 @@ def select_range(
     hi = float(grid[hi_cell])
     if hi <= lo:
         hi = float(grid[min(hi_cell + 1, len(grid) - 1)])
-    return FineGrid.over(kind, lo, hi), total
+    depth = TREE_DEPTH if rho_tree is None else tree_depth(total, m, rho_tree)
+    return FineGrid.over(kind, lo, hi, depth), total
 
 
 def select_edges(

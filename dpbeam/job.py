@@ -214,7 +214,8 @@ def discover(plan: JobPlan, engine: str, key: BoundingKey, reporter: Reporter, *
                     notes.append(_few_values_note(t.column, len(chosen.values), chosen.threshold))
             else:
                 grids[t.column], totals[t.column] = select_range(stats[t.column], t.kind, m, acc,
-                                                                 rho[(t.column, "range")], t.column)
+                                                                 rho[(t.column, "range")], t.column,
+                                                                 rho[(t.column, "bins")])
         if grids:
             fine = run_aggregation(plan, DiscoveryStats(plan.tasks, fine=grids), engine, key, reporter, k=m,
                                    what="discovering bins", **options)
