@@ -394,11 +394,12 @@ def test_a_range_lost_in_the_noise_is_reported(tmp_path):
 
 def test_tree_depth_grows_with_the_noisy_count():
     """TREE_DEPTH up to 16 parts of the noise, one level per doubling beyond, at most MAX_DEPTH: at rho = 1e-4 per
-    column (sigma_1 = 70.7), 4,711 values make 67 parts (2 levels more), 100,000 values 1,414 parts (capped), a
+    column (sigma_1 = 70.7), 4,711 values make 67 parts (3 levels more: 16 * 2^3 >= 67), 100,000 values 1,414 parts
+    (capped), a
     thousand values none."""
     from dpbeam.discovery import MAX_DEPTH, TREE_DEPTH, tree_depth
 
-    assert tree_depth(4711, 1, 1e-4) == TREE_DEPTH + 2
+    assert tree_depth(4711, 1, 1e-4) == TREE_DEPTH + 3
     assert tree_depth(100_000, 1, 1e-4) == MAX_DEPTH
     assert tree_depth(1000, 1, 1e-4) == TREE_DEPTH
     assert tree_depth(0, 1, 1e-4) == TREE_DEPTH
