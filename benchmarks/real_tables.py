@@ -28,6 +28,7 @@ correlated columns. Wall time is the whole job (discovery, measurement, synthesi
 from __future__ import annotations
 
 import datetime as dt
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -305,13 +306,15 @@ def variants(table: Table, source: Path) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def run_one(spec: dict[str, Any], seed: int) -> tuple[pa.Table, float, dict[str, Any]]:
+def run_one(spec: dict[str, Any], seed: int) -> tuple[pa.Table, float, dict[str, Any], float]:
+    """Run one job; returns (synthetic table, wall s, statement, CPU s of this process: the machine is shared, so
+    wall time alone says little)."""
     with tempfile.TemporaryDirectory() as tmp:
         spec = {**spec, "output": {"uri": f"{tmp}/synth"}, "seed": seed}
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         statement = run_job(parse_spec(spec))
-        wall = time.perf_counter() - t0
-        return pq.read_table(f"{tmp}/synth"), wall, statement
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        return pq.read_table(f"{tmp}/synth"), wall, statement, cpu
 
 
 def run(reps: int = 1, tables: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
@@ -328,26 +331,28 @@ def run(reps: int = 1, tables: tuple[str, ...] | None = None) -> list[dict[str, 
                 "columns": len(attrs)}
         ind = tvds(real_codes, _codes(independent(real.select(attrs)), binners))
         rows.append({**base, "variant": "independent columns (no DP)", "k": "-", "tvd_1way": ind[1],
-                     "tvd_2way": ind[2], "wall_s": 0.0, "reps": 1})
+                     "tvd_2way": ind[2], "wall_s": 0.0, "cpu_s": 0.0, "reps": 1})
         print(f"  {name}: independent 1-way {ind[1]:.4f} 2-way {ind[2]:.4f}", flush=True)
         for label, spec in variants(table, source):
-            tv1, tv2, walls, ks = [], [], [], []
+            tv1, tv2, walls, cpus, ks = [], [], [], [], []
             for rep in range(reps):
-                synth, wall, statement = run_one(spec, rep)
+                synth, wall, statement, cpu = run_one(spec, rep)
+                cpus.append(cpu)
                 t = tvds(real_codes, _codes(synth, binners))
                 tv1.append(t[1])
                 tv2.append(t[2])
                 walls.append(wall)
                 ks.append(statement["max_rows_per_unit"])
-                print(f"  {name} {label} rep={rep}: k={ks[-1]} 1-way {t[1]:.4f} 2-way {t[2]:.4f} wall {wall:.1f}s",
-                      flush=True)
+                print(f"  {name} {label} rep={rep}: k={ks[-1]} 1-way {t[1]:.4f} 2-way {t[2]:.4f} wall {wall:.1f}s "
+                      f"cpu {cpu:.1f}s", flush=True)
             rows.append({**base, "variant": label, "k": ks[0] if len(set(ks)) == 1 else "/".join(map(str, ks)),
                          "tvd_1way": float(np.mean(tv1)), "tvd_2way": float(np.mean(tv2)),
-                         "tvd_2way_std": float(np.std(tv2)), "wall_s": float(np.mean(walls)), "reps": reps,
+                         "tvd_2way_std": float(np.std(tv2)), "wall_s": float(np.mean(walls)),
+                         "cpu_s": float(np.mean(cpus)), "load_1min": os.getloadavg()[0], "reps": reps,
                          "epsilon": 1.0, "delta": 1e-9, "discovery_fraction": 0.1, "about": table.about,
                          "date": dt.date.today().isoformat()})
     return rows
 
 
 COLUMNS = [("table", "table"), ("unit", "unit"), ("units", "units"), ("rows", "rows"), ("variant", "domains"),
-           ("k", "k"), ("tvd_1way", "1-way TVD"), ("tvd_2way", "2-way TVD"), ("wall_s", "wall s")]
+           ("k", "k"), ("tvd_1way", "1-way TVD"), ("tvd_2way", "2-way TVD"), ("wall_s", "wall s"), ("cpu_s", "CPU s")]

@@ -11,16 +11,18 @@ of a categorical column, so every sensitivity below is m, not k: with k = 178 ro
 ~178x fewer units to pass the threshold than if each unit counted k times.
 
 - **k** (``max_rows_per_unit: auto``): a histogram of units by their number of rows, over a public geometric grid,
-  released with Gaussian noise (a unit is one count in one cell: L2 sensitivity 1); k minimizes the expected error of
-  the marginals measured later, rows lost to bounding against noise that grows with k (see :func:`choose_k`).
+  released with Gaussian noise (a unit is one count in one cell: L2 sensitivity 1); k minimizes the expected error of the
+  marginals measured later, rows lost to bounding against noise that grows with k (see :func:`choose_k`).
 - **categorical values**: each value's number of distinct units in the sample; values are kept by OpenDP's Gaussian
   thresholding (Rogers 2023): a unit touches at most m values (L0 = m) and adds 1 to each (L_inf = 1). Thresholding
   is approximate zCDP: it spends rho and a part of delta.
-- **numeric / datetime bins**: two releases. A coarse histogram on a public grid (log-spaced magnitudes for
-  numbers, months for dates; L2 sensitivity m) gives a range; a hierarchical (binary tree) histogram over a fine
-  linear grid of that range (L2 sensitivity m sqrt(depth)) answers every quantile at once, and the bins are
+- **numeric / datetime bins**: two releases. A histogram on a coarse public grid (one cell per decade of magnitude
+  for numbers, months for dates; L2 sensitivity m) gives a range and a noisy count of the sampled values; a
+  hierarchical (binary tree) histogram over a fine linear grid of that range (:func:`release_tree`: L2 sensitivity
+  m sqrt(depth), node masses made consistent top-down) answers every quantile at once, and the bins are
   equal-frequency: edges at DP quantiles. Integer columns whose range holds no more integers than bins get one bin
-  per value.
+  per value; a point mass gets a bin of its own. How many bins, unless the spec says: as many as the measurement's
+  noise affords (:func:`bins_for_noise`, from public quantities and the DP estimates of rows kept).
 
 Budget rule (:func:`discovery_shares`): every release that decides a domain gets the same share of the discovery
 budget: the k histogram one share, each categorical column one share, each numeric column one share for its
@@ -46,13 +48,18 @@ from dpbeam.privacy.noise import add_discrete_gaussian, gaussian_sigma
 STAGE = "discovery"
 K_GRID = np.unique(np.round(np.geomspace(1, 100_000, 61)).astype(np.int64))
 LOW_Q, HIGH_Q = 0.01, 0.99
-_MAG = 10.0 ** (np.arange(-12, 49) / 4.0)  # 1e-3 .. 1e12, four steps per decade
+# 1e-3 .. 1e12, one step per decade: a coarse grid, so that a few thousand values stand out of the noise (the fine
+# tree resolves inside the range it gives)
+_MAG = 10.0 ** np.arange(-3, 13, dtype=np.float64)
 NUMBER_GRID = np.unique(np.concatenate([-_MAG[::-1], [0.0], _MAG]))
 DATETIME_GRID = (
     np.arange(np.datetime64("1900-01"), np.datetime64("2101-01")).astype("datetime64[us]").astype(np.int64)
 )
 TREE_DEPTH = 10  # fine grids of 2^10 = 1024 leaves
+MAX_DEPTH = 16  # fine trees of large tables: see tree_depth
+INTEGER_DEPTH = 14  # integers: one leaf per value up to 2^14 values (a year in (1000, 10000])
 COARSE_WEIGHT, FINE_WEIGHT = 0.5, 1.0
+SLACK = 1.0  # end quantiles leave out SLACK sigma / total more than LOW_Q (see TreeRelease.end_slack)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -120,12 +127,21 @@ class FineGrid:
         """The lower edge of cell i (i = leaves: the upper edge of the last cell)."""
         return self.lo + i * self.width
 
+    @property
+    def depth(self) -> int:
+        """Levels of the binary tree over the leaves (below its root)."""
+        return int(self.leaves).bit_length() - 1
+
     @classmethod
-    def over(cls, kind: str, lo: float, hi: float) -> "FineGrid":
-        """The fine grid over a discovered range: integers one value per cell when the range fits the leaves."""
-        leaves = 1 << TREE_DEPTH
-        if kind in ("integer", "datetime") and hi - lo + 1 <= leaves:
-            return cls(float(math.floor(lo)), 1.0, leaves)
+    def over(cls, kind: str, lo: float, hi: float, depth: int = TREE_DEPTH) -> "FineGrid":
+        """The fine grid over a discovered range (public: the range is a DP output). Integers get one value per leaf
+        when the range holds at most 2^INTEGER_DEPTH of them, and only as many leaves as the next power of two above
+        the range (a shallower tree: its noise grows with the square root of its depth); other ranges get
+        2^depth leaves (see :func:`tree_depth`)."""
+        leaves = 1 << depth
+        span = math.floor(hi) - math.floor(lo) + 1
+        if kind == "integer" and span <= 1 << INTEGER_DEPTH:
+            return cls(float(math.floor(lo)), 1.0, max(2, 1 << max(0, int(span - 1).bit_length())))
         return cls(float(lo), max((hi - lo) / leaves, 1e-12 * max(abs(lo), abs(hi), 1.0)), leaves)
 
     def to_json(self) -> dict[str, float]:
@@ -233,41 +249,66 @@ def discovery_shares(tasks: Sequence[DiscoveryTask], k_auto: bool) -> dict[tuple
 # DP selections (driver side)
 
 
-def noisy_quantiles(
-    cell_counts: np.ndarray, sensitivity: float, rho: float, qs: Sequence[float]
-) -> tuple[list[int], float, float, np.ndarray]:
-    """DP quantiles of values summarized by exact counts per public grid cell.
+def multiresolution_mass(noisy: np.ndarray, sigma: float) -> np.ndarray:
+    """Post-processing of one noisy histogram (noise sigma per cell): the mass that stands out of the noise, read at
+    the finest resolution where it does.
+
+    A cell keeps its noisy count when that passes the cut-off sigma sqrt(2 ln(200 cells)). The cells left over are
+    read in groups of 2, 4, 8, ... adjacent cells: a group whose left-over noisy sum (u cells, noise sigma sqrt(u))
+    passes the same cut-off at its scale (times sqrt(u)) gives that sum to its left-over cells, in proportion to
+    their positive noisy counts. There are fewer than 2 n groups over all scales, so by the Gaussian tail bound the
+    expected number of empty groups that pass is at most 0.01, whatever the size of the grid. So the thin tails of a
+    distribution (many cells of a few values each) keep their mass instead of vanishing under the cut-off, and the
+    empty cells of a wide grid still add none."""
+    noisy = np.asarray(noisy, dtype=np.float64)
+    n = len(noisy)
+    kept = np.zeros(n)
+    done = np.zeros(n, dtype=bool)
+    cut = sigma * math.sqrt(2 * math.log(200 * max(n, 1)))
+    width = 1
+    while width < 2 * n:
+        for start in range(0, n, width):
+            cells = np.arange(start, min(start + width, n))
+            left = cells[~done[cells]]
+            if len(left) == 0:
+                continue
+            total = float(noisy[left].sum())
+            if total >= cut * math.sqrt(len(left)):
+                weight = np.maximum(noisy[left], 0.0)
+                kept[left] = total * (weight / weight.sum() if weight.sum() > 0 else 1.0 / len(left))
+                done[left] = True
+        width *= 2
+    return kept
+
+
+def noisy_histogram(
+    cell_counts: np.ndarray, sensitivity: float, rho: float
+) -> tuple[np.ndarray, float, float, np.ndarray]:
+    """One DP release of counts per public grid cell, read as the mass that stands out of the noise.
 
     Protects: the cell counts, of L2 sensitivity ``sensitivity`` (one unit adds at most that many values, in the
     worst case all to one cell). One discrete Gaussian release of scale sigma = sensitivity / sqrt(2 rho), so it
-    costs rho (OpenDP's map). Then post-processing only: cells whose noisy count is below a cut-off are zeroed (so the
-    many empty cells of a wide grid add no false mass), and for each q the answer is the first cell where the
-    cumulative count reaches q times the total. Returns (cell indices, rho spent, sigma, the noisy counts after the
-    cut-off).
-    The cut-off is sigma sqrt(2 ln(100 cells)): by the Gaussian tail bound the expected number of empty cells whose
-    noise passes it is at most 0.01, whatever the size of the grid. When no cell passes (few values spread over many
-    cells), the same noisy counts are summed over groups of 2, 4, 8, ... adjacent cells (noise sigma sqrt(width), the
-    cut-off scaled alike) until some group passes, and a passing group's mass is spread evenly over its cells: still
-    post-processing of the one release.
+    costs rho (OpenDP's map). Then post-processing only (:func:`multiresolution_mass`). Returns (mass per cell, rho
+    spent, sigma, the noisy counts); the mass is all 0 when nothing stands out at any resolution.
 
     A histogram is used rather than the exponential mechanism on -|#below(c) - q n| because on a public grid every
     candidate beyond the data ties on that score, and the mechanism would pick among them uniformly."""
     sigma = gaussian_sigma(rho, sensitivity)
     noisy, spent = add_discrete_gaussian(np.asarray(cell_counts, dtype=np.int64), sigma, sensitivity)
-    cut = sigma * math.sqrt(2 * math.log(100 * len(noisy)))
-    kept = np.where(noisy >= cut, noisy, 0).astype(np.float64)
-    width = 1
-    while kept.sum() <= 0 and width < len(noisy):  # nothing stands out: read the same release at a coarser grid
-        width *= 2
-        groups = np.add.reduceat(noisy.astype(np.float64), np.arange(0, len(noisy), width))
-        passed = groups >= sigma * math.sqrt(width) * math.sqrt(2 * math.log(100 * len(groups)))
-        kept = np.repeat(np.where(passed, groups, 0.0) / width, width)[: len(noisy)]
-    if kept.sum() <= 0:  # nothing stands out at any resolution: fall back to the single largest noisy cell
-        kept = np.zeros(len(noisy))
-        kept[int(np.argmax(noisy))] = 1.0
-    cdf = np.cumsum(kept) / kept.sum()
-    cells = [int(min(np.searchsorted(cdf, q - 1e-12, side="left"), len(cdf) - 1)) for q in qs]
-    return cells, spent, sigma, kept
+    return multiresolution_mass(noisy, sigma), spent, sigma, noisy
+
+
+def mass_quantile(mass: np.ndarray, q: float) -> int:
+    """The first cell where the cumulative mass reaches q times its total (the mass must have a positive total)."""
+    cdf = np.cumsum(mass) / mass.sum()
+    return int(min(np.searchsorted(cdf, q - 1e-12, side="left"), len(cdf) - 1))
+
+
+def pad_leaves(counts: np.ndarray) -> np.ndarray:
+    """Exact counts per cell padded with empty cells to a power-of-two length (at least 2), for a tree."""
+    counts = np.asarray(counts, dtype=np.int64)
+    size = max(2, 1 << max(0, int(len(counts) - 1).bit_length()))
+    return np.concatenate([counts, np.zeros(size - len(counts), np.int64)])
 
 
 def tree_levels(leaf_counts: np.ndarray) -> list[np.ndarray]:
@@ -279,47 +320,91 @@ def tree_levels(leaf_counts: np.ndarray) -> list[np.ndarray]:
     return levels[::-1]
 
 
-def tree_quantiles(
-    leaf_counts: np.ndarray, sensitivity: float, rho: float, qs: Sequence[float]
-) -> tuple[list[int], float, float, bool]:
-    """DP quantiles from one release of a hierarchical histogram (Hay et al. 2010; Qardaji et al. 2013).
+@dataclass(frozen=True)
+class TreeRelease:
+    """The post-processed masses of every node of a released hierarchical histogram (see :func:`release_tree`):
+    ``mass[0]`` the root (the noisy total), ``mass[j]`` the 2^j nodes of level j, the last level the leaves."""
+
+    mass: tuple[np.ndarray, ...]
+    sigma: float
+    spent: float
+    informative: bool
+
+    @property
+    def total(self) -> float:
+        return float(self.mass[0][0]) if self.informative else 0.0
+
+    def end_slack(self) -> float:
+        """The share of the total to leave out at each end, beyond LOW_Q: the share that one node's noise sigma
+        makes up (capped at 0.1). The walk's false mass in the empty cells at the ends of a grid is about 0.3 sigma
+        per level next to the data (see :func:`release_tree`), and a quantile below it would land in that
+        emptiness."""
+        return min(0.1, SLACK * self.sigma / self.total) if self.total > 0 else 0.0
+
+    def quantile(self, q: float) -> int:
+        """The leaf where the cumulative mass reaches q times the total, walking down from the root."""
+        node, target = 0, q * float(self.mass[0][0])
+        for lv in self.mass[1:]:
+            left, right = lv[2 * node], lv[2 * node + 1]
+            if (target <= left and left > 0) or right <= 0:
+                node = 2 * node
+            else:
+                node, target = 2 * node + 1, target - left
+        return node
+
+
+def release_tree(leaf_counts: np.ndarray, sensitivity: float, rho: float) -> TreeRelease:
+    """One DP release of a hierarchical histogram (Hay et al. 2010; Qardaji et al. 2013), read as node masses.
 
     Protects: the counts of every node of a binary tree over ``leaf_counts`` (a power-of-two number of cells). One
     unit adds at most ``sensitivity`` = m values, each to one node per level, so the L2 sensitivity of the whole
     release (all D levels below the root) is m sqrt(D); every node gets discrete Gaussian noise of scale
     sigma = m sqrt(D) / sqrt(2 rho), which costs rho. The root is not released.
 
-    Post-processing: a quantile walks down from the root, at each node splitting the remaining mass between the
-    children in proportion to their noisy counts (counts below sigma sqrt(2 ln(nodes)) read as 0, so that the noise
-    of the many empty nodes of a padded grid adds no false mass: by the Gaussian tail bound fewer than one empty node
-    passes in expectation), so each answer sums only D noisy counts
-    (error ~ sigma sqrt(D)) instead of up to 2^D for a flat histogram's prefix. Returns (leaf index per q, rho spent,
-    sigma, informative): informative is False when no node of the first level stands out of the noise, so that the
-    walks split evenly and the answers are equal steps of the grid."""
+    Post-processing: the total is the sum of the two noisy nodes of the first level; going down, a node of estimated
+    mass M splits between its children of noisy counts L and R as left = clip((M + L - R) / 2, 0, M) (the least
+    squares split that keeps the children consistent with their parent; Hay et al.'s top-down step), so the noise of
+    an empty child cancels against its sibling instead of being thresholded away with part of the data (a hard
+    cut-off of a few sigma dropped the mass of every moderately filled node and sent the walks to the heavy
+    sibling). The clip leaves a false mass of about 0.3 sigma per level at the edge of the data: the end quantiles
+    stay clear of it (:meth:`TreeRelease.end_slack`). A quantile then sums D splits (error ~ sigma sqrt(D)) instead
+    of up to 2^D cells of a flat histogram's prefix. When the noisy total does not stand out of its noise (below
+    3 sigma sqrt(2)) the release is not informative and every node splits evenly."""
     levels = tree_levels(leaf_counts)[1:]
     depth = len(levels)
     l2 = float(sensitivity) * math.sqrt(depth)
     sigma = gaussian_sigma(rho, l2)
     flat = np.concatenate(levels)
     noisy_flat, spent = add_discrete_gaussian(flat, sigma, l2)
-    cut = sigma * math.sqrt(2 * math.log(len(flat)))
     noisy, start = [], 0
     for lv in levels:
-        node_counts = noisy_flat[start:start + len(lv)].astype(np.float64)
-        noisy.append(np.where(node_counts >= cut, node_counts, 0.0))
+        noisy.append(noisy_flat[start:start + len(lv)].astype(np.float64))
         start += len(lv)
-    out = []
-    for q in qs:
-        node, target, mass = 0, q, 1.0  # target and mass as fractions of the root
-        for lv in noisy:
-            left, right = lv[2 * node], lv[2 * node + 1]
-            share = 0.5 if left + right <= 0 else left / (left + right)
-            if target <= mass * share or right <= 0 < left:
-                node, mass = 2 * node, mass * share
-            else:
-                node, target, mass = 2 * node + 1, target - mass * share, mass * (1 - share)
-        out.append(node)
-    return out, spent, sigma, bool(noisy[0].any())
+    return tree_masses(noisy, sigma, spent)
+
+
+def tree_masses(noisy: Sequence[np.ndarray], sigma: float, spent: float = 0.0) -> TreeRelease:
+    """Post-processing of a released tree's noisy levels (below the root, top first): see :func:`release_tree`."""
+    total = float(noisy[0].sum())
+    informative = total >= 3 * sigma * math.sqrt(2)
+    mass = [np.array([total if informative else 1.0])]
+    for lv in noisy:
+        parent = mass[-1]
+        left = np.clip((parent + lv[0::2] - lv[1::2]) / 2, 0.0, parent) if informative else parent / 2
+        child = np.empty(2 * len(parent))
+        child[0::2], child[1::2] = left, parent - left
+        mass.append(child)
+    return TreeRelease(tuple(mass), sigma, spent, informative)
+
+
+def tree_quantiles(
+    leaf_counts: np.ndarray, sensitivity: float, rho: float, qs: Sequence[float]
+) -> tuple[list[int], float, float, bool]:
+    """DP quantiles from one release of a hierarchical histogram: :func:`release_tree` (what it protects, its
+    sensitivity m sqrt(D) and rho), then a walk per q (:meth:`TreeRelease.quantile`). Returns (leaf index per q, rho
+    spent, sigma, informative): when not informative the answers are equal steps of the grid."""
+    tree = release_tree(leaf_counts, sensitivity, rho)
+    return [tree.quantile(q) for q in qs], tree.spent, tree.sigma, tree.informative
 
 
 def choose_k(
@@ -329,14 +414,14 @@ def choose_k(
     rho: float,
     sigma_per_row: float,
     cells: float,
-) -> tuple[int, float]:
+) -> tuple[int, float | None, float]:
     """k for accuracy: the k that minimizes the expected error of a measured marginal (Amin et al. 2019, "Bounding
     User Contributions: A Bias-Variance Trade-off in Differential Privacy"), never above the DP q-quantile of rows per
-    unit. Returns (k, expected share of rows kept).
+    unit. Returns (k, expected share of rows kept (None when unknown), expected rows kept (0 when unknown)).
 
     Protects: the histogram of units by rows per unit on ``K_GRID`` (a unit is one count in one cell: L2 sensitivity
-    1); one discrete Gaussian release costs ``rho``. Everything after is post-processing of that noisy histogram h
-    (after the cut-off of :func:`noisy_quantiles`, so that noise in the many empty cells of long rows adds no rows):
+    1); one discrete Gaussian release costs ``rho`` (:func:`noisy_histogram`). Everything after is post-processing
+    of the mass h that stands out of its noise (so that noise in the many empty cells of long rows adds no rows):
     rows kept at k, R(k) = sum_c h(c) min(c, k), of N = R(inf), and the error of a marginal of ``cells`` cells whose
     counts get noise of scale k * ``sigma_per_row``:
 
@@ -345,13 +430,15 @@ def choose_k(
     the first term the total-variation distance that dropping rows can cause at most half of (rows lost from heavy
     units shift a marginal by at most half their share when those rows resemble the kept ones in part), the second
     the expected TVD of Gaussian noise. With many units the noise term vanishes and k reaches the q-quantile; with
-    few units and many rows each, k stays small."""
-    (cell,), spent, sigma, h = noisy_quantiles(rows_per_unit, 1.0, rho, [q])
-    k_cap = int(K_GRID[cell])
+    few units and many rows each, k stays small. When the release does not stand out of its noise, k = 1 (the
+    bound that loses least when nothing is known). Also returns R(k), the estimate of rows kept (for
+    :func:`bins_for_noise`)."""
+    h, spent, sigma, _ = noisy_histogram(rows_per_unit, 1.0, rho)
+    k_cap = int(K_GRID[mass_quantile(h, q)]) if h.sum() > 0 else 1
     # a unit in cell i has between grid[i-1] + 1 and grid[i] rows: read it as the middle of that range
     rows = (np.concatenate([[0], K_GRID[:-1]]) + 1 + K_GRID) / 2.0
     total = float(np.sum(h * rows))
-    best, best_err, kept_share = 1, math.inf, 1.0
+    best, best_err, kept_share, kept_rows = 1, math.inf, None, 0.0
     if total > 0:
         for k in K_GRID[K_GRID <= k_cap]:
             kept = float(np.sum(h * np.minimum(rows, k)))
@@ -359,10 +446,26 @@ def choose_k(
                 continue
             err = (total - kept) / (2 * total) + cells * k * sigma_per_row * math.sqrt(2 / math.pi) / (2 * kept)
             if err < best_err:
-                best, best_err, kept_share = int(k), err, kept / total
+                best, best_err, kept_share, kept_rows = int(k), err, kept / total, kept
     accountant.charge(STAGE, "discrete Gaussian (histogram of rows per unit)", spent, sigma=sigma, sensitivity_l2=1,
                       quantile_cap=q, chosen_k=best)
-    return best, kept_share
+    return best, kept_share, kept_rows
+
+
+NOISE_TVD = 1.0  # the expected total-variation distance that noise may add to a measured 2-way marginal of open bins
+
+
+def bins_for_noise(rows: float, k: int, sigma_per_row: float, most: int) -> int:
+    """How many bins an open numeric column can afford, from public quantities and DP estimates (post-processing):
+    ``rows``, an estimate of the rows kept after bounding (a DP output), and the noise k * ``sigma_per_row`` that each
+    cell of a measured 2-way marginal will get. A marginal of b x b cells then has expected noise TVD
+    b^2 k sigma sqrt(2/pi) / (2 rows); b is the largest number of bins that keeps it at most NOISE_TVD, between 2
+    and ``most`` (the spec's or the default number). Fewer, wider bins when the noise per cell is high: a bin whose
+    count drowns in noise carries nothing the synthesizer can use."""
+    if rows <= 0 or sigma_per_row <= 0:
+        return 2
+    cells = NOISE_TVD * 2 * rows / (k * sigma_per_row * math.sqrt(2 / math.pi))
+    return int(min(most, max(2, math.floor(math.sqrt(cells)))))
 
 
 def _threshold_for(meas_factory, d_in, delta: float) -> int:
@@ -417,20 +520,45 @@ def select_values(
     return ValueSelection(values, threshold, scale)
 
 
+def tree_depth(total: float, m: int, rho_tree: float) -> int:
+    """How deep a fine tree to build over a decade-wide range, from public quantities and a DP count (post-processing
+    of the range release): TREE_DEPTH, plus one level for each doubling of total / sigma_1 beyond 16, up to
+    MAX_DEPTH. sigma_1 = m / sqrt(2 rho_tree) is the noise of a one-level tree's nodes, so total / sigma_1 is how
+    many parts the values can be told apart in; a large table can afford leaves narrow enough for values packed in
+    a sliver of their decade (a city's latitudes in (10, 100]), at sqrt(depth) more noise per node."""
+    if total <= 0:
+        return TREE_DEPTH
+    parts = total / gaussian_sigma(rho_tree, float(m))
+    return int(min(MAX_DEPTH, max(TREE_DEPTH, TREE_DEPTH + math.ceil(math.log2(max(parts, 1.0) / 16)))))
+
+
 def select_range(
-    cell_counts: np.ndarray, kind: str, m: int, accountant: ZCDPAccountant, rho: float, column: str
-) -> FineGrid:
+    cell_counts: np.ndarray, kind: str, m: int, accountant: ZCDPAccountant, rho: float, column: str,
+    rho_tree: float | None = None,
+) -> tuple[FineGrid, float]:
     """The fine grid to search for bins in: the coarse-grid edges around the DP 0.01- and 0.99-quantiles (cell i
-    spans (grid[i-1], grid[i]]), see :func:`noisy_quantiles`; L2 sensitivity ``m`` (the per-unit sample)."""
+    spans (grid[i-1], grid[i]]) of one :func:`noisy_histogram` on the coarse grid: L2 sensitivity ``m`` (m values
+    per unit), rho ``rho``. Returns the fine grid (:meth:`FineGrid.over`; its depth from :func:`tree_depth` and the
+    fine tree's budget ``rho_tree``, TREE_DEPTH when not given) and the noisy total (post-processing), an
+    estimate of the number of sampled values (0 when nothing stood out of the noise; the range is then the single
+    largest noisy cell)."""
     grid = grid_for(kind)
-    (lo_cell, hi_cell), spent, sigma, _ = noisy_quantiles(cell_counts, float(m), rho, [LOW_Q, HIGH_Q])
+    mass, spent, sigma, noisy = noisy_histogram(cell_counts, float(m), rho)
     accountant.charge(STAGE, "discrete Gaussian (histogram on a public grid)", spent, clique=[column], sigma=sigma,
                       sensitivity_l2=m, quantiles=[LOW_Q, HIGH_Q])
+    total = float(mass.sum())
+    if total > 0:
+        lo_cell, hi_cell = mass_quantile(mass, LOW_Q), mass_quantile(mass, HIGH_Q)
+    else:  # nothing stands out: the cell with the largest noisy count
+        lo_cell = hi_cell = int(np.argmax(noisy))
     lo = float(grid[max(lo_cell - 1, 0)])
+    if kind == "integer" and lo_cell > 0:  # cell i holds the integers above grid[i - 1]
+        lo = float(math.floor(lo) + 1)
     hi = float(grid[hi_cell])
     if hi <= lo:
         hi = float(grid[min(hi_cell + 1, len(grid) - 1)])
-    return FineGrid.over(kind, lo, hi)
+    depth = TREE_DEPTH if rho_tree is None else tree_depth(total, m, rho_tree)
+    return FineGrid.over(kind, lo, hi, depth), total
 
 
 def select_edges(
@@ -443,26 +571,36 @@ def select_edges(
     rho: float,
     column: str,
 ) -> tuple[list, bool]:
-    """Equal-frequency bin edges at DP quantiles (see :func:`tree_quantiles`; L2 sensitivity m sqrt(depth)).
+    """Equal-frequency bin edges at DP quantiles: one :func:`release_tree` (L2 sensitivity m sqrt(depth), rho
+    ``rho``), then post-processing only.
 
-    The outer edges are the 0.01- and 0.99-quantiles (values beyond are clamped into the end bins); the inner ones
-    the quantiles at equal steps between. Edges that coincide merge, so a point mass is one bin. Integers: edges are
-    whole numbers, and a range that holds at most ``bins`` integers gets one bin per value. Datetimes: microseconds
-    since the epoch. Returns (edges, informative) (see :func:`tree_quantiles`)."""
-    qs = [LOW_Q + (HIGH_Q - LOW_Q) * j / bins for j in range(bins + 1)]
-    leaves, spent, sigma, informative = tree_quantiles(leaf_counts, float(m), rho, qs)
-    accountant.charge(STAGE, "discrete Gaussian (hierarchical histogram on a public grid)", spent, clique=[column],
-                      sigma=sigma, sensitivity_l2=m * math.sqrt(TREE_DEPTH), bins=bins)
+    The outer edges are the q- and (1 - q)-quantiles, q = 0.01 plus the share of the noisy total that one node's
+    noise sigma makes up (capped at 0.1): the walk's false mass in the empty cells at the ends of the grid is a few
+    tenths of sigma per level, and a lower q would put the end bins in that emptiness. Values beyond are clamped into
+    the end bins. The inner edges are the quantiles at equal steps between. Edges that coincide merge; a leaf that
+    answers a quantile and holds at least one bin's share of the mass (a point mass, such as 40 hours a week) gets
+    an edge on both sides, so it is a bin of its own. Integers: edges are whole numbers, and a range that holds at
+    most ``bins`` integers gets one bin per value. Datetimes: microseconds since the epoch. Returns (edges,
+    informative) (see :func:`release_tree`)."""
+    tree = release_tree(leaf_counts, float(m), rho)
+    accountant.charge(STAGE, "discrete Gaussian (hierarchical histogram on a public grid)", tree.spent,
+                      clique=[column], sigma=tree.sigma, sensitivity_l2=m * math.sqrt(grid.depth), bins=bins)
+    total = tree.total
+    q_lo = LOW_Q + tree.end_slack()
+    qs = [q_lo + (1 - 2 * q_lo) * j / bins for j in range(bins + 1)]
+    leaves = [tree.quantile(q) for q in qs]
+    leaf_mass = tree.mass[-1]
+    heavy = [i for i in leaves[1:-1] if total > 0 and leaf_mass[i] >= total / bins]
     lo, hi = grid.edge(leaves[0]), grid.edge(leaves[-1] + 1)
-    inner = [grid.edge(i + 1) for i in leaves[1:-1]]
+    inner = [grid.edge(i + 1) for i in leaves[1:-1]] + [grid.edge(i) for i in heavy]
     if kind in ("integer", "datetime"):
         lo_i, hi_i = math.floor(lo), math.ceil(hi) - (1 if grid.width == 1.0 else 0)
         hi_i = max(hi_i, lo_i)
         if kind == "integer" and hi_i - lo_i + 1 <= bins:
-            return list(range(lo_i, hi_i + 2)), informative
+            return list(range(lo_i, hi_i + 2)), tree.informative
         end = hi_i + 1
-        return sorted({lo_i, end, *(int(round(e)) for e in inner if lo_i < round(e) < end)}), informative
+        return sorted({lo_i, end, *(int(round(e)) for e in inner if lo_i < round(e) < end)}), tree.informative
     edges = sorted({lo, hi, *(e for e in inner if lo < e < hi)})
     if len(edges) < 2:
         edges = [lo, lo + grid.width]
-    return edges, informative
+    return edges, tree.informative

@@ -19,6 +19,7 @@ from dpbeam.discovery import (
     DiscoveryStats,
     DiscoveryTask,
     RowsPerUnit,
+    bins_for_noise,
     choose_k,
     discovery_shares,
     select_edges,
@@ -201,12 +202,14 @@ def discover(plan: JobPlan, engine: str, key: BoundingKey, reporter: Reporter, *
         return first_pass(plan, aggregation)
 
     k, kept_share, notes = plan.k, plan.expected_rows_kept, list(plan.diagnostics)
+    sigma_row, cells = _marginal_noise_per_row(plan)
+    kept_rows = None  # DP estimate of the rows kept at k, when k is chosen here
     if k is None:
         counts = run_aggregation(plan, first(RowsPerUnit()), engine, key, reporter, k=UNBOUNDED,
                                  what="counting rows per unit", **options)
-        sigma_row, cells = _marginal_noise_per_row(plan)
-        k, kept_share = choose_k(counts, privacy.k_quantile, acc, rho[("k", "")], sigma_row, cells)
-        reporter.say(f"DP contribution bound: k = {k} (expected share of rows kept: {kept_share:.0%})")
+        k, kept_share, kept_rows = choose_k(counts, privacy.k_quantile, acc, rho[("k", "")], sigma_row, cells)
+        share = "unknown: the histogram did not stand out of its noise" if kept_share is None else f"{kept_share:.0%}"
+        reporter.say(f"DP contribution bound: k = {k} (expected share of rows kept: {share})")
     schema = plan.source.schema
     specs = dict(plan.spec.columns)
     domains: dict[str, ColumnDomain] = {}
@@ -214,7 +217,7 @@ def discover(plan: JobPlan, engine: str, key: BoundingKey, reporter: Reporter, *
         stats = run_aggregation(plan, first(DiscoveryStats(plan.tasks)), engine, key, reporter, k=m,
                                 what="discovering domains", **options)
         n_cat = sum(t.kind == "categorical" for t in plan.tasks)
-        grids = {}
+        grids, totals = {}, {}
         for t in plan.tasks:
             s, f = specs[t.column], schema.field(t.column)
             if t.kind == "categorical":
@@ -226,7 +229,9 @@ def discover(plan: JobPlan, engine: str, key: BoundingKey, reporter: Reporter, *
                 if len(chosen.values) <= 1:
                     notes.append(_few_values_note(t.column, len(chosen.values), chosen.threshold))
             else:
-                grids[t.column] = select_range(stats[t.column], t.kind, m, acc, rho[(t.column, "range")], t.column)
+                grids[t.column], totals[t.column] = select_range(stats[t.column], t.kind, m, acc,
+                                                                 rho[(t.column, "range")], t.column,
+                                                                 rho[(t.column, "bins")])
         if grids:
             fine = run_aggregation(plan, DiscoveryStats(plan.tasks, fine=grids), engine, key, reporter, k=m,
                                    what="discovering bins", **options)
@@ -234,7 +239,10 @@ def discover(plan: JobPlan, engine: str, key: BoundingKey, reporter: Reporter, *
                 if t.column not in grids:
                     continue
                 s, f = specs[t.column], schema.field(t.column)
-                bins = s.bins if isinstance(s.bins, int) else DISCOVERED_BINS
+                # the spec's bins, or as many as the measurement's noise affords: rows kept estimated from the k
+                # histogram, or (k given) from the units this column's range release counted (m values each)
+                rows = kept_rows if kept_rows else totals[t.column] / m
+                bins = s.bins if isinstance(s.bins, int) else bins_for_noise(rows, k, sigma_row, DISCOVERED_BINS)
                 edges, informative = select_edges(fine[t.column], grids[t.column], t.kind, bins, m, acc,
                                                   rho[(t.column, "bins")], t.column)
                 value_type = check_column_kind(t.column, s, f.type)
@@ -242,7 +250,12 @@ def discover(plan: JobPlan, engine: str, key: BoundingKey, reporter: Reporter, *
                                                  edges=tuple(edges), binned_kind=t.kind)
                 reporter.say(f"DP bins of {t.column}: {domains[t.column].labels()[0]} .. "
                              f"{domains[t.column].labels()[-1 - domains[t.column].nullable]}")
-                if not informative:
+                if totals[t.column] <= 0:
+                    notes.append(f"column {t.column}: its values did not stand out of the discovery noise at this "
+                                 "budget at any resolution, so its range is a guess (the coarse cell with the largest "
+                                 f"noisy count); give columns.{t.column}.bounds (and bins), or raise "
+                                 "privacy.discovery_fraction")
+                elif not informative:
                     notes.append(f"column {t.column}: its values did not stand out of the discovery noise at this "
                                  "budget, so its bins are equal steps of a coarse range, not quantiles; give "
                                  f"columns.{t.column}.bounds (and bins), or raise privacy.discovery_fraction")
