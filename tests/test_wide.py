@@ -41,8 +41,25 @@ def test_fast_junction_tree_matches_mbi():
         assert jtree.max_cells(sizes, cliques) == junction_tree_cells_of(sizes, cliques)
 
 
-def _best_cells(sizes: dict[str, int], cliques: list[tuple[str, ...]]) -> int:
-    """The smallest largest clique over every elimination order (brute force, small d)."""
+def _mbi_total_cells(sizes: dict[str, int], cliques: list[tuple[str, ...]]) -> int:
+    import mbi
+    from mbi import junction_tree
+
+    domain = mbi.Domain(list(sizes), list(sizes.values()))
+    tree, _ = junction_tree.make_junction_tree(domain, [tuple(c) for c in cliques])
+    return sum(domain.size(tuple(c)) for c in tree.nodes)
+
+
+def test_total_cells_bound_mbis_junction_tree():
+    rng = random.Random(2)
+    for _ in range(60):
+        sizes, cliques = _random_graph(rng, rng.randint(1, 12))
+        assert jtree.build(sizes, cliques).total_cells >= _mbi_total_cells(sizes, cliques)
+
+
+def _best_cells(sizes: dict[str, int], cliques: list[tuple[str, ...]], total: bool = False) -> int:
+    """The smallest largest clique (``total``: the smallest sum of the maximal cliques' cells) over every
+    elimination order (brute force, small d)."""
     names = list(sizes)
     adj = {n: set() for n in names}
     for c in cliques:
@@ -52,13 +69,16 @@ def _best_cells(sizes: dict[str, int], cliques: list[tuple[str, ...]]) -> int:
     best = math.inf
     for order in itertools.permutations(names):
         work = {n: set(s) for n, s in adj.items()}
-        worst = 0
+        worst, made = 0, []
         for v in order:
             nb = work.pop(v)
+            made.append(frozenset(nb | {v}))
             worst = max(worst, math.prod(sizes[u] for u in nb | {v}))
             for u in nb:
                 work[u].discard(v)
                 work[u] |= nb - {u}
+        if total:
+            worst = sum(math.prod(sizes[u] for u in c) for c in made if not any(c < o for o in made))
         best = min(best, worst)
     return best
 
@@ -69,16 +89,23 @@ def test_edge_bounds_are_upper_bounds_and_tight_on_a_path():
         sizes, cliques = _random_graph(rng, rng.randint(2, 6))
         tree = jtree.build(sizes, cliques)
         bounds = tree.edge_bounds()
+        totals = tree.edge_total_bounds()
         names = list(sizes)
         for i, j in itertools.combinations(range(len(names)), 2):
             # no triangulation of the grown graph beats the optimum, so a sound bound is at least the optimum
             best = _best_cells(sizes, cliques + [(names[i], names[j])])
             assert math.exp(bounds[i, j]) >= best * (1 - 1e-9)
+            # the same for the cells of all cliques together
+            assert totals[i, j] >= _best_cells(sizes, cliques + [(names[i], names[j])], total=True) * (1 - 1e-9)
     # a path a - b - c: adding (a, c) makes the clique {a, b, c}, and the bound says exactly that
     sizes = {"a": 3, "b": 5, "c": 7, "e": 2}
     bounds = jtree.build(sizes, [("a", "b"), ("b", "c"), ("c", "e")]).edge_bounds()
     assert math.exp(bounds[0, 2]) == pytest.approx(3 * 5 * 7)
     assert math.exp(bounds[0, 1]) == pytest.approx(35)  # already covered: the largest clique stays b-c
+    # eliminated e, c, b, a (a tree, from column 0): node cliques {c,e} {b,c} {a,b} {a}, 14 + 35 + 15 + 3 = 67 cells;
+    # adding (a, c) puts a into {b, c} (+70) or c into {a, b} (+90): the bound takes the cheaper direction
+    totals = jtree.build(sizes, [("a", "b"), ("b", "c"), ("c", "e")]).edge_total_bounds()
+    assert totals[0, 2] == pytest.approx(67 + 70) and totals[0, 1] == pytest.approx(67)
 
 
 def _wide(d: int, n: int = 4000, seed: int = 0):
@@ -107,17 +134,22 @@ def test_candidate_filter_builds_o_selections_junction_trees(monkeypatch):
         return real(*a, **kw)
 
     monkeypatch.setattr(mjt, "make_junction_tree", counted)
+    sizes = {n: int(base.compression[n].max()) + 1 if n in base.compression else dom[n].size for n in dom.names}
+    # a total-cells limit 100 cells above MST's own tree: it binds well before the 58 picks
+    total_limit = jtree.build(sizes, [tuple(m.clique) for m in base.measurements]).total_cells + 100
     jtree.BUILDS[0] = 0
     per_round = 2 * 29
-    result = refine.run_refinement(cubes, dom, 1, acc, base, per_round=per_round, max_cells=200, fit_iters=20)
+    result = refine.run_refinement(cubes, dom, 1, acc, base, per_round=per_round, max_cells=200, fit_iters=20,
+                                   max_total_cells=total_limit)
     draws = [c for c in acc.charges if c.stage == "refine" and c.mechanism.startswith("exponential")]
     assert 0 < len(draws) <= per_round
     assert jtree.BUILDS[0] <= len(draws) + 1
     # mbi builds its own trees only while fitting and answering the model's marginals: a constant, not per candidate
     assert mbi_builds[0] <= 10
-    # the limit is on the model domain (after MST's compression of rare codes)
-    sizes = {n: int(base.compression[n].max()) + 1 if n in base.compression else dom[n].size for n in dom.names}
+    # the limits are on the model domain (after MST's compression of rare codes)
     assert junction_tree_cells_of(sizes, [tuple(m.clique) for m in result.measurements]) <= 200
+    assert _mbi_total_cells(sizes, [tuple(m.clique) for m in result.measurements]) <= total_limit
+    assert len(result.refined) > 0
     assert acc.spent("refine") == pytest.approx(acc.allotted("refine"), rel=1e-9)
 
 
