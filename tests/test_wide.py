@@ -248,3 +248,28 @@ def test_counting_in_row_chunks_matches_one_bincount_per_cube(monkeypatch):
                 assert cubes[c].dtype == (np.int64 if w is None else np.float64)
                 np.testing.assert_allclose(cubes[c].ravel(), plain(c, w), rtol=1e-12)
                 assert cubes[c].shape == tuple(dom[n].size for n in c)
+
+
+def test_generation_chunks_shrink_with_the_width(monkeypatch, tmp_path):
+    """A chunk of generated rows holds at most DEFAULT_CHUNK_CELLS cells: a wide table gets fewer rows per chunk, so
+    generation's memory does not grow with the width; every row asked for is still written."""
+    from dpbeam.measurements import MeasurementsArtifact, NoisyMarginal
+    from dpbeam.synth import generate
+
+    dom, _ = _wide(6)
+    ms = tuple(NoisyMarginal((n,), np.ones(dom[n].size), 1.0, "discrete Gaussian", 0.1) for n in dom.names)
+    art = MeasurementsArtifact(dom, {}, ms, {"epsilon": 1.0, "delta": 1e-9, "unit": "row"})
+    asked: list[int] = []
+
+    class Uniform:
+        engine = "test"
+
+        def sample(self, rows: int, seed: int) -> np.ndarray:
+            asked.append(rows)
+            rng = np.random.default_rng(seed)
+            return np.stack([rng.integers(0, dom[n].size, rows) for n in dom.names], 1)
+
+    monkeypatch.setattr(generate, "DEFAULT_CHUNK_CELLS", 6 * 40)
+    monkeypatch.setattr(generate, "release_statement", lambda artifact, synthesis: dict(synthesis))
+    statement = generate.write_synthetic_table(Uniform(), art, str(tmp_path / "out"), 100, 0, {})
+    assert asked == [40, 40, 20] and statement["rows"] == 100
