@@ -268,6 +268,7 @@ def run(cols=None, rows=None, methods=("mst-refined", "mst"), reps: int = 1) -> 
                                 **{f"{k}_s": st.get(k, 0.0) for k in ("plan", "count", "mst", "refine", "fit",
                                                                       "generate")},
                                 "engine": r["synthesizer"].get("engine"),
+                                "fit_iters_run": r["synthesizer"].get("iters_run"),
                                 "engine_reason": r["synthesizer"].get("engine_reason", ""),
                                 "measured_cliques": r["refined"], "peak_rss_mb_by_end_of": r["peak_rss_mb_by_end_of"]})
     return out

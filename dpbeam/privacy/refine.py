@@ -11,9 +11,11 @@ scores every unmeasured pair and measures the worst ones:
   or removed: sensitivity k. Both terms are integers (the L1 exactly, by ``l1_score`` on the model rounded to
   integers; the penalty rounded up), so the sensitivity holds exactly.
 - cliques are picked one at a time by the exponential mechanism (rho_sel each), among candidates that keep the
-  model's largest junction-tree clique within ``max_cells`` (a public limit applied to public sizes and earlier DP
-  outputs, so the filter is free); the filter bounds every candidate from one junction tree per draw, O(d^2) per draw
-  (see :func:`_select`).
+  model's largest junction-tree clique within ``max_cells`` and all its junction-tree cells together within
+  ``max_total_cells`` (public limits applied to public sizes and earlier DP outputs, so the filter is free); the
+  filter bounds every candidate from one junction tree per draw, O(d^2) per draw (see :func:`_select`). The total is
+  what one inference pass of the fit touches: without it a wide table's 2 (d - 1) picks made a model whose fit cost
+  grew past the rest of the job (50 columns: 4.5M cells, 0.4 CPU s per iteration of the final fit).
 - each picked clique is measured with the discrete Gaussian, L2 sensitivity k (rho_meas each).
 
 Per round: up to ``per_round`` selections at rho_sel = 0.1 rho_round / per_round each; the rest of rho_round is split
@@ -44,6 +46,11 @@ SELECT_SHARE = 0.1
 # 3.7 at eps = 0.1, where refinement lost (mean 2-way TVD 0.164-0.174 vs MST's 0.146), 1.3 at eps = 0.3 (0.077 vs
 # 0.079) and 0.4 at eps = 1 (0.039 vs 0.051); the limit sits between, near their geometric mean.
 MAX_MEDIAN_NOISE = 2.0
+# The default limit on the model's junction-tree cells, all cliques together, per column: the fit's time per
+# iteration grows with it (~80 ns of CPU per cell per mirror-descent iteration, measured on the 50-column benchmark
+# table), so a limit linear in the columns keeps the fit linear in them: 50 columns, 250,000 cells, ~0.02 CPU s per
+# iteration.
+TOTAL_CELLS_PER_COLUMN = 5_000
 
 
 def refinement_pays(sizes: Mapping[str, int], total: float, rho: float, k: int, per_round: int) -> bool:
@@ -86,13 +93,17 @@ def run_refinement(
     max_cells: int = 1_000_000,
     fit_iters: int = 1000,
     progress: Callable[[str], None] | None = None,
+    max_total_cells: int | None = None,
 ) -> MSTResult:
-    """Add ``rounds`` x ``per_round`` (default: 2 (columns - 1)) adaptively chosen 2-way measurements to ``base``."""
+    """Add ``rounds`` x ``per_round`` (default: 2 (columns - 1)) adaptively chosen 2-way measurements to ``base``,
+    keeping the model's largest junction-tree clique within ``max_cells`` and its cells together within
+    ``max_total_cells`` (default: :data:`TOTAL_CELLS_PER_COLUMN` per column)."""
     from dpbeam.synth import pgm  # the trusted side may use post-processing; the reverse is what is forbidden
 
     say = progress or (lambda _msg: None)
     names = domain.names
     per_round = per_round or max(1, 2 * (len(names) - 1))
+    max_total_cells = max_total_cells or TOTAL_CELLS_PER_COLUMN * len(names)
     measurements = list(base.measurements)
     compression = base.compression
     rho_round = accountant.allotted(STAGE) / rounds
@@ -116,7 +127,7 @@ def run_refinement(
             penalty = math.ceil(math.sqrt(2 / math.pi) * sigma * cells)
             scores[c] = l1_score(compress_cube(cubes[c], c, compression), estimates[c]) - penalty
         chosen = _select(candidates, scores, sizes, [tuple(m.clique) for m in measurements], per_round, max_cells,
-                         k, rho_sel, accountant)
+                         k, rho_sel, accountant, max_total_cells)
         if not chosen:
             break
         # the rest of the round's budget goes to the cliques chosen (all per_round of them, unless the cell limit
@@ -135,15 +146,19 @@ def run_refinement(
 def _select(
     candidates: list[Clique], scores: Mapping[Clique, float], sizes: Mapping[str, int], measured: list[Clique],
     per_round: int, max_cells: int, k: int, rho_sel: float, accountant: ZCDPAccountant,
+    max_total_cells: int | None = None,
 ) -> list[Clique]:
     """Up to ``per_round`` cliques, one exponential mechanism each (rho_sel, scores of sensitivity k), among the
-    candidates whose addition keeps the model's largest junction-tree clique within ``max_cells``.
+    candidates whose addition keeps the model's largest junction-tree clique within ``max_cells`` and the cells of
+    all its junction-tree cliques within ``max_total_cells`` (no limit when None; a pair that a clique already holds
+    adds no cells and always passes).
 
     The filter never builds a junction tree per candidate. Each draw starts from the junction tree of the cliques
     measured and chosen so far (:func:`dpbeam.synth.jtree.build`, mbi's own elimination rule), bounds the largest
     clique every candidate would create from that tree in one pass (:meth:`~dpbeam.synth.jtree.JunctionTree.
     edge_bounds`: an upper bound, so no candidate that passes it is too big for that tree), and keeps the candidates
-    within ``max_cells``. Only the one clique drawn is checked exactly, by building the tree with it, which is also
+    within ``max_cells`` (and, with :meth:`~dpbeam.synth.jtree.JunctionTree.edge_total_bounds`, within
+    ``max_total_cells``). Only the one clique drawn is checked exactly, by building the tree with it, which is also
     the next draw's tree. mbi's greedy triangulation is a heuristic and may do worse than the bound; a drawn clique
     that fails the exact check is discarded (it is not measured and leaves the candidates), and its draw counts
     towards ``per_round``, so the round never spends more than planned.
@@ -168,7 +183,10 @@ def _select(
     chosen: list[Clique] = []
     tree = jtree.build(sizes, measured)
     for _ in range(per_round):
-        fits = np.flatnonzero(left & (tree.edge_bounds()[first, second] <= limit))
+        ok = left & (tree.edge_bounds()[first, second] <= limit)
+        if max_total_cells is not None:
+            ok &= tree.edge_total_bounds()[first, second] <= max(max_total_cells, tree.total_cells) * (1 + 1e-9)
+        fits = np.flatnonzero(ok)
         if not len(fits):
             break
         idx, rho = exponential_mechanism(score[fits], sensitivity=float(k), rho=rho_sel)
@@ -177,7 +195,8 @@ def _select(
         drawn = candidates[fits[idx]]
         left[fits[idx]] = False
         grown = jtree.build(sizes, measured + chosen + [drawn])
-        if grown.max_cells <= max_cells:
+        if grown.max_cells <= max_cells and (max_total_cells is None
+                                             or grown.total_cells <= max(max_total_cells, tree.total_cells)):
             chosen.append(drawn)
             tree = grown
     return chosen

@@ -29,6 +29,9 @@ from dpbeam.versions import library_versions
 
 DEFAULT_CHUNK_ROWS = 1_000_000
 LOOKAHEAD = 2  # chunks prepared ahead of the writer (numpy and Arrow release the GIL: the writer and they overlap)
+# A chunk holds at most this many cells (rows x columns), so that a wide table's chunk is no larger than a narrow
+# one's: at 100 columns a 1M-row chunk took the job's peak from 2.7 GB (after the fit) to 4.4 GB.
+DEFAULT_CHUNK_CELLS = 16_000_000
 
 
 class FittedModel(Protocol):
@@ -128,17 +131,19 @@ def write_synthetic_table(
     seed: int,
     synthesis: dict[str, Any],
     overwrite: bool = False,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    chunk_rows: int | None = None,
     reporter: Reporter | None = None,
     layout: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Sample ``rows`` rows chunk by chunk and commit them with ``_release.json`` and ``_README.md``; return the release
+    """Sample ``rows`` rows chunk by chunk (default: :data:`DEFAULT_CHUNK_ROWS` rows, fewer for a table so wide
+    that a chunk would pass :data:`DEFAULT_CHUNK_CELLS` cells) and commit them with ``_release.json`` and ``_README.md``; return the release
     statement. ``layout``: file sizing and partitioning (:class:`dpbeam.lake.DatasetWriter`). The statement's
     synthesis section records post-processing durations only (fit, generate and write): they depend on the
     measurements and the row count asked for, never on the sensitive table."""
     reporter = reporter or Reporter()
     t0 = time.perf_counter()
     schema = output_schema(artifact)
+    chunk_rows = chunk_rows or max(1, min(DEFAULT_CHUNK_ROWS, DEFAULT_CHUNK_CELLS // max(1, len(artifact.domain.names))))
     with lake.atomic_directory(uri, overwrite=overwrite) as tmp:
         writer = lake.DatasetWriter(tmp, schema, **(layout or {}))
         with reporter.stage("generating rows", total=rows) as advance:

@@ -12,7 +12,8 @@ as an edge, without a rebuild: in a junction tree, adding edge (a, b) can be don
 path from the cliques holding a to the nearest clique holding b (or b along the same path the other way); that keeps
 the running-intersection property, so the result is a junction tree of a triangulation of the new graph, and its
 largest clique bounds what any triangulation needs. Cost: two passes over the d-node tree, each step a numpy
-operation over the d columns: O(d^2) work in O(d) numpy calls.
+operation over the d columns: O(d^2) work in O(d) numpy calls. :meth:`JunctionTree.edge_total_bounds` does the same
+for the cells of all cliques together (what one inference pass of the fit touches), summing along the same paths.
 """
 
 from __future__ import annotations
@@ -52,41 +53,66 @@ class JunctionTree:
             h[i, list(c)] = True
         return h
 
+    @property
+    def total_cells(self) -> int:
+        """Cells of every node clique together: an upper bound on the cells of mbi's junction tree (its cliques are
+        the maximal node cliques), which is what one inference pass of the fit touches."""
+        return int(sum(math.prod(int(self.sizes[j]) for j in c) for c in self.cliques))
+
     def edge_bounds(self) -> np.ndarray:
         """[d, d] float: for each pair (a, b), an upper bound on the log-cells of the largest clique once edge (a, b)
         is added (the current largest clique when a clique already holds both). O(d^2) work in O(d) numpy calls.
 
         A virtual root with an empty clique joins the roots of a forest, so pairs in different components are
         bounded as well (adding a to the path through it)."""
+        log_sizes = np.log(self.sizes.astype(np.float64))
+        current = float(self.log_cells.max()) if len(self.cliques) else 0.0
+        # nearest[a, b]: the largest log-cells on the path from a's cliques to b's nearest clique
+        nearest = self._along_paths(np.append(self.log_cells, 0.0), np.maximum)
+        via_a = nearest + log_sizes[:, None]  # adding a along that path
+        bound = np.minimum(via_a, via_a.T)
+        return np.where(self._covered(), current, np.maximum(bound, current))
+
+    def edge_total_bounds(self) -> np.ndarray:
+        """[d, d] float: for each pair (a, b), an upper bound on :attr:`total_cells` once edge (a, b) is added
+        (unchanged when a clique already holds both): adding a to every clique on the path from a's cliques to b's
+        nearest clique multiplies each of their cells by size(a), so the total grows by (size(a) - 1) times the cells
+        on that path; the smaller of the two directions is kept. O(d^2) work in O(d) numpy calls."""
+        current = float(self.total_cells)
+        cells = np.append(np.exp(self.log_cells), 1.0)  # the virtual root's empty clique has one cell
+        along = self._along_paths(cells, np.add)  # cells on the path from a's cliques to b's nearest clique
+        via_a = current + (self.sizes.astype(np.float64)[:, None] - 1.0) * along
+        return np.where(self._covered(), current, np.minimum(via_a, via_a.T))
+
+    def _covered(self) -> np.ndarray:
+        holds = self.holds().astype(np.int32)
+        return (holds.T @ holds) > 0
+
+    def _along_paths(self, values: np.ndarray, combine) -> np.ndarray:
+        """[d, d]: ``values`` (one per node, the virtual root last) combined (``np.maximum`` or ``np.add``) along the
+        path from the cliques holding column a (excluded) to the nearest clique holding column b (included), at
+        [a, b]; 0 where a clique holds both.
+
+        A virtual root (node n, empty clique) joins the roots of a forest. A node's parent comes after it (it is
+        eliminated later), so one pass up gathers paths that arrive from below, and one pass down those that arrive
+        from above; the cliques holding a are connected, so a path from them arrives from one side only."""
         d = len(self.names)
         n = len(self.cliques)
-        holds = np.vstack([self.holds(), np.zeros((1, d), dtype=bool)])  # node n: the virtual root
-        log_sizes = np.log(self.sizes.astype(np.float64))
+        holds = np.vstack([self.holds(), np.zeros((1, d), dtype=bool)])
         parent = np.where(self.parent < 0, n, self.parent)
-        cells = np.append(self.log_cells, 0.0)
-        current = float(self.log_cells.max()) if n else 0.0
-        # reach[u, a]: the largest log-cells on the path from the cliques holding a to node u (u included, those
-        # cliques excluded; 0 on them). A node's parent comes after it (it is eliminated later), so one pass up
-        # gathers paths that arrive from below, and one pass down those that arrive from above; the cliques holding a
-        # are connected, so a path from them arrives from one side only.
         up = np.full((n + 1, d), np.inf)
         from_below = np.full((n + 1, d), np.inf)
         for v in range(n + 1):
-            up[v] = np.where(holds[v], 0.0, np.maximum(cells[v], from_below[v]))
+            up[v] = np.where(holds[v], 0.0, combine(values[v], from_below[v]))
             if v < n:
                 np.minimum(from_below[parent[v]], up[v], out=from_below[parent[v]])
         reach = up
         for v in range(n - 1, -1, -1):
-            reach[v] = np.where(np.isfinite(up[v]), up[v], np.maximum(cells[v], reach[parent[v]]))
-        # nearest[a, b]: the largest log-cells on the path from a's cliques to b's nearest clique
+            reach[v] = np.where(np.isfinite(up[v]), up[v], combine(values[v], reach[parent[v]]))
         nearest = np.empty((d, d))
         for b in range(d):
             nearest[:, b] = reach[holds[:, b]].min(axis=0)
-        via_a = nearest + log_sizes[:, None]  # adding a along that path
-        bound = np.minimum(via_a, via_a.T)
-        covered = (holds.T.astype(np.int32) @ holds.astype(np.int32)) > 0
-        bound = np.where(covered, current, np.maximum(bound, current))
-        return bound
+        return nearest
 
 
 def _is_tree(d: int, adj: list[set[int]]) -> bool:
