@@ -150,6 +150,14 @@ def initial_plan(rho: float, d: int) -> tuple[float, float]:
     return ALPHA * rho / t, (1 - ALPHA) * rho / t
 
 
+def score(exact: np.ndarray, model: np.ndarray, weight: int, sigma: float) -> int:
+    """AIM's quality score of one candidate, an exact integer: w (||exact - round(model)||_1 - ceil(sqrt(2/pi) sigma
+    n)), n the cube's cells. ``model`` and ``sigma`` are fixed before ``exact`` is read (post-processing of earlier
+    outputs), so adding or removing one unit (<= k rows, <= k in L1 on ``exact``) moves it by at most w k."""
+    penalty = math.ceil(EXPECTED_ABS * sigma * exact.size)
+    return int(weight) * (l1_score(exact, model) - penalty)
+
+
 @dataclass(frozen=True)
 class AIMResult:
     measurements: tuple[NoisyMarginal, ...]
@@ -231,7 +239,7 @@ def run_aim(
     weights = candidate_weights(work, candidates)
     delta = k * max(weights.values())
     exact = {r: compress_cube(cubes[r], r, compression) for r in candidates}
-    cells = {r: math.prod(sizes[n] for n in r) for r in candidates}
+    cells = {r: exact[r].size for r in candidates}
     total = estimated_total(measurements)
     model = warm_fit.fit(sizes, measurements, total, round_iters)
     rho_round = rho_m + rho_s
@@ -255,8 +263,7 @@ def run_aim(
         fits = [r for r in candidates
                 if any(set(r) <= c for c in covered) or model_cells(sizes, measured + [r]) <= max(limit, now)]
         before = {r: model.marginal(r) for r in fits}
-        scores = [weights[r] * (l1_score(exact[r], before[r]) - math.ceil(EXPECTED_ABS * sigma * cells[r]))
-                  for r in fits]
+        scores = [score(exact[r], before[r], weights[r], sigma) for r in fits]
         idx, rho = exponential_mechanism(scores, sensitivity=delta, rho=rho_s)
         accountant.charge(STAGE, "exponential mechanism (Gumbel noisy max)", rho, candidates=len(fits),
                           sensitivity=delta)
