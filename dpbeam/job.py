@@ -259,7 +259,7 @@ def _marginal_noise_per_row(plan: JobPlan) -> tuple[float, float]:
     column will get). Public quantities only."""
     d = len(plan.spec.columns)
     if aim.STAGE in plan.accountant.plan:  # a measurement of one round before annealing
-        per_marginal = aim.initial_plan(plan.accountant.allotted(aim.STAGE), d)[0]
+        per_marginal = aim.first_measure_rho(plan.accountant.allotted(aim.STAGE), d)
     elif "mst.measure" in plan.accountant.plan:
         per_marginal = plan.accountant.allotted("mst.measure") / (d - 1)
     else:  # a single column: its 1-way marginal is the only measurement
@@ -385,6 +385,7 @@ def _measure_aim(plan: JobPlan, engine: str, key: BoundingKey, reporter: Reporte
 
         result = aim.run_aim(cubes, plan.domain, plan.k, plan.accountant, work, max_cells=syn.max_model_cells,
                              max_minutes=syn.max_minutes, progress=reporter.say, tick=tick)
+        bar(1000 - round(1000 * done[0]))  # the last round spends the rest: the bar ends full
     del cubes
     manifest = {
         "method": syn.method, "engine": engine, "spec_name": plan.spec.name, "spec_sha256": plan.spec.sha256(),

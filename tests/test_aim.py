@@ -152,7 +152,7 @@ def test_first_selection_finds_the_dependent_pair():
     independent model misses (c0, c1) by ~5000 in L1 (most of the table) and (c0, c3) by ~4400. At eps = 5 the first
     selection has rho_s = 0.1 rho / 80 (rho ~ 0.47), so its Gumbel scale is Delta / sqrt(2 rho_s) ~ 8 / 0.024 ~ 330
     score units; the winner's score exceeds any independent pair's (L1 error within sampling noise, a few hundred,
-    minus the penalty) by >= 8 x 3000, ~70 Gumbel scales: a wrong pick has probability below e^-60."""
+    minus the penalty) by >= 8 x 3000, ~60 Gumbel scales: a wrong pick has probability below e^-50."""
     _, result = _run(eps=5.0)
     assert result.rounds[1]["clique"][0] in (["c0", "c1"], ["c0", "c3"])
 
@@ -167,9 +167,10 @@ def test_spends_exactly_its_budget(eps, k):
     acc, result = _run(eps=eps, k=k)
     _assert_spent_exactly(acc)
     d = len(NAMES)
-    rho_m, rho_s = aim.initial_plan(acc.rho, d)
-    # the 1-way round: sigma = k / sqrt(2 alpha rho / T), T = 16 d
-    assert result.rounds[0]["sigma"] == pytest.approx(k * math.sqrt(16 * d / (2 * 0.9 * acc.rho)), rel=1e-9)
+    # the 1-way round: rho_1 = share rho / d each, sigma = k / sqrt(2 rho_1); the rounds start from what is left / T
+    one = aim.ONE_WAY_SHARE * acc.rho / d
+    assert result.rounds[0]["sigma"] == pytest.approx(k / math.sqrt(2 * one), rel=1e-9)
+    rho_m, rho_s = aim.initial_plan(acc.rho - d * one, d)
     assert [m.stddev for m in result.measurements[:d]] == [result.rounds[0]["sigma"]] * d
     assert result.rounds[-1]["last"] and not any(r["last"] for r in result.rounds[:-1])
     # each later round's measurement is rho_m = k^2 / (2 sigma^2), 4^j times the initial after j anneals
@@ -187,7 +188,7 @@ def test_time_cap_sends_the_rest_to_one_last_round():
     acc, result = _run(eps=2.0, max_minutes=1.0, clock=lambda: next(times))
     assert len(result.rounds) == 2 and result.rounds[1]["last"]
     _assert_spent_exactly(acc)
-    assert result.rounds[1]["rho_measure"] == pytest.approx(0.9 * acc.rho * (1 - 0.9 / 16), rel=1e-9)
+    assert result.rounds[1]["rho_measure"] == pytest.approx(0.9 * acc.rho * (1 - aim.ONE_WAY_SHARE), rel=1e-9)
 
 
 def test_annealing_every_round_still_ends_on_the_budget(monkeypatch):
@@ -284,3 +285,14 @@ def test_aim_job_writes_the_round_log(small_parquet, tmp_path):
     assert statement["epsilon"] <= 5.0 and art.privacy["stages"]["aim"]["rho_charged"] == pytest.approx(
         art.privacy["rho"], rel=1e-9)
     assert pq.read_table(spec.output.uri).num_rows > 0
+
+
+def test_k_rule_reads_the_aim_plan(users_parquet, tmp_path):
+    """max_rows_per_unit: auto with method aim: the k rule's noise per row is a round's first measurement, at k = 1."""
+    from dpbeam.job import _marginal_noise_per_row, plan_job
+
+    base = small_spec(users_parquet, str(tmp_path / "out"), unit={"column": "user_id"}, max_rows_per_unit="auto",
+                      discovery_fraction=0.1)
+    plan = plan_job(parse_spec({**base, "synthesizer": {"method": "aim"}}))
+    sigma, _ = _marginal_noise_per_row(plan)
+    assert sigma == pytest.approx(gaussian_sigma(aim.first_measure_rho(plan.accountant.allotted("aim"), 5), 1.0))
