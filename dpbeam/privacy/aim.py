@@ -24,7 +24,7 @@ The loop, all in one budget stage (``aim``, rho_A = its allotment), T = 16 d ini
      rho_s = (1 - alpha) rho_round.
    - measure r with the discrete Gaussian, L2 sensitivity k, at rho_m = alpha rho_round (sigma = k / sqrt(2 rho_m)).
    - anneal: if the refitted model's marginal on r moved by at most sqrt(2/pi) sigma n_r in L1 (the measurement told
-     the model little), rho_round quadruples (sigma halves, the selection's epsilon doubles).
+     the model little), rho_round grows by ANNEAL (AIM: 4, sigma halves; here 2, sigma / sqrt 2).
    - last round: when what is left of rho_A is less than 2 rho_round, or when ``max_minutes`` have passed, the round
      spends exactly what is left (alpha of it on the measurement) and the loop ends.
 
@@ -74,7 +74,12 @@ ROUNDS_PER_COLUMN = 16  # T = 16 d initial rounds (AIM's default)
 # or so: on Adult (one run each, loaded 2-core machine) AIM's share gave mean 2-way TVD 0.216 / 0.044-0.047 / 0.031 at
 # eps 0.1 / 1 / 10, a share of 0.3 gave 0.130 / 0.040 / 0.034, 0.5 gave 0.124 at eps 0.1.
 ONE_WAY_SHARE: float | None = 0.3
-ROUND_ITERS = 30  # mirror-descent iterations per warm-started refit
+# mirror-descent iterations per warm-started refit: at eps 1 on Adult 100 gave 0.0388 / 0.0878 against 30's 0.0406 /
+# 0.0909 (one run each) at three times the loop's CPU; at eps 10 100 took several CPU minutes
+ROUND_ITERS = 50
+# rho_round grows by this factor on an anneal. AIM's 4 (sigma halves, the selection's epsilon doubles) ended Adult
+# runs after ~20 rounds; 2 gave 0.0317 / 0.0790 mean 2-way / 3-way TVD at eps 10 against 0.0343 / 0.0833 (one run each)
+ANNEAL = 2
 WEIGHT_RESOLUTION = 1000  # non-integer workload weights are scaled so the largest is this, then rounded
 EXPECTED_ABS = math.sqrt(2 / math.pi)  # E|Z| / sigma for a Gaussian Z
 
@@ -294,7 +299,7 @@ def run_aim(
         moved = float(np.abs(model.marginal(r) - before[r]).sum())
         annealed = not last and moved <= EXPECTED_ABS * sigma * cells[r]
         if annealed:
-            rho_round *= 4
+            rho_round *= ANNEAL
         rounds.append({"round": len(rounds) + 1, "clique": [list(r)], "sigma": sigma, "rho_select": rho_s,
                        "rho_measure": rho_m, "candidates": len(fits), "annealed": annealed, "last": last})
         tick(rho_s / budget + rho_m / budget)
