@@ -176,7 +176,9 @@ def fit(
     """Mirror descent with Armijo steps (mbi's ``MirrorDescent``), ``iters`` iterations, each one calibration.
 
     Starts from ``warm_start``'s potentials (each added to the new maximal clique that holds it; a clique measured for
-    the first time starts at zero) and its step size, or from zeros and mbi's initial step 2 / (L total)."""
+    the first time starts at zero) and its step size, or, cold, from the independent model of the noisy 1-way
+    measurements and mbi's initial step 2 / (L total). A non-finite loss never raises: the step is refused and halved.
+    """
     cliques = maximal([tuple(m.clique) for m in measurements])
     tree, order = junction_tree(sizes, cliques)
     loss_fn = _Loss(sizes, measurements, cliques)
