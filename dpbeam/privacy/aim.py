@@ -181,6 +181,16 @@ def score(exact: np.ndarray, model: np.ndarray, weight: int, sigma: float) -> in
     return int(weight) * (l1_score(exact, model) - penalty)
 
 
+def _fit(measurements: Sequence[NoisyMarginal], sizes: Mapping[str, int], total: float, warm_start: Any,
+         max_iters: int) -> Any:
+    """The one call into the estimator (post-processing on the trusted side; the reverse is what is forbidden): a
+    model fitted to every measurement, started from ``warm_start``'s potentials and step size (None: cold), at most
+    ``max_iters`` iterations; AIM reads only its ``.marginal(clique)`` (counts, axes in the clique's order)."""
+    from dpbeam.synth import warm_fit
+
+    return warm_fit.fit(sizes, measurements, total, max_iters, warm_start=warm_start)
+
+
 @dataclass(frozen=True)
 class AIMResult:
     measurements: tuple[NoisyMarginal, ...]
@@ -231,7 +241,7 @@ def run_aim(
 
     ``tick(share)`` is called after each round with the share of the budget it spent (a progress bar); ``clock`` is
     the time source of ``max_minutes``."""
-    from dpbeam.synth import warm_fit  # post-processing on the trusted side (the reverse is what is forbidden)
+    from dpbeam.synth import jtree
 
     say = progress or (lambda _msg: None)
     tick = tick or (lambda _share: None)
@@ -264,7 +274,7 @@ def run_aim(
     exact = {r: compress_cube(cubes[r], r, compression) for r in candidates}
     cells = {r: exact[r].size for r in candidates}
     total = estimated_total(measurements)
-    model = warm_fit.fit(sizes, measurements, total, round_iters)
+    model = _fit(measurements, sizes, total, None, round_iters)
     rho_m, rho_s = initial_plan(left() if ONE_WAY_SHARE is not None else budget, d)
     rho_round = rho_m + rho_s
     last = False
@@ -283,7 +293,7 @@ def run_aim(
         measured = [tuple(m.clique) for m in measurements]
         limit = max_cells * (1 - remaining / budget)
         now = model_cells(sizes, measured)
-        covered = [set(c) for c in model.calibrated.tables]
+        covered = [{names[j] for j in c} for c in jtree.build(sizes, measured).cliques]
         fits = [r for r in candidates
                 if any(set(r) <= c for c in covered) or model_cells(sizes, measured + [r]) <= max(limit, now)]
         before = {r: model.marginal(r) for r in fits}
@@ -295,7 +305,7 @@ def run_aim(
         noisy, rho = add_discrete_gaussian(exact[r], sigma, k)
         accountant.charge(STAGE, "discrete Gaussian", rho, clique=list(r), sigma=sigma, sensitivity_l2=k)
         measurements.append(NoisyMarginal(r, noisy.astype(np.float64), sigma, "discrete Gaussian", rho))
-        model = warm_fit.fit(sizes, measurements, total, round_iters, warm_start=model)
+        model = _fit(measurements, sizes, total, model, round_iters)
         moved = float(np.abs(model.marginal(r) - before[r]).sum())
         annealed = not last and moved <= EXPECTED_ABS * sigma * cells[r]
         if annealed:
