@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("names", nargs="*", default=list(SUITE))
     ap.add_argument("--reps", type=int, default=None, help="runs per configuration (default 3; real_tables: 1)")
     ap.add_argument("--eps", type=float, nargs="*", default=None, help="adult: epsilons")
+    ap.add_argument("--methods", nargs="*", default=None, help="adult: synthesizer methods (mst mst-refined aim)")
     ap.add_argument("--rows", type=int, nargs="*", default=None, help="engines, wide: table sizes")
     ap.add_argument("--cols", type=int, nargs="*", default=None, help="wide: numbers of columns")
     ap.add_argument("--engines", nargs="*", default=None, help="engines: which (local beam spark)")
@@ -60,6 +61,8 @@ def main() -> None:
             kwargs["audit_runs"] = args.audit_runs
         if args.eps and name in ("adult", "evaluate", "task"):
             kwargs["epsilons"] = tuple(args.eps)
+        if args.methods and name == "adult":
+            kwargs["methods"] = tuple(args.methods)
         if name == "generation":
             kwargs["reps"] = min(reps, 2)
             if args.rows:

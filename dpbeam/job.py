@@ -43,6 +43,7 @@ from dpbeam.domain import (
 from dpbeam.errors import SpecError
 from dpbeam.first_pass import FirstPassChecks
 from dpbeam.measurements import MeasurementsArtifact
+from dpbeam.privacy import aim
 from dpbeam.privacy.accountant import ZCDPAccountant
 from dpbeam.privacy.mst import mst_plan, required_cliques, run_mst
 from dpbeam.privacy.noise import gaussian_sigma, noise_was_disabled
@@ -104,7 +105,11 @@ def plan_budget(spec: JobSpec) -> ZCDPAccountant:
         raise SpecError(f"column(s) {', '.join(t.column for t in tasks)} have no public domain (values or bounds) "
                         "and privacy.discovery_fraction is not set; give the domain or a discovery budget")
     syn = spec.synthesizer
-    budget = mst_plan(len(specs), syn.budget_split, refine=syn.method == "mst-refined")
+    if syn.method == "aim":
+        aim.workload(syn.workload, list(specs))  # an unknown workload column is refused here, before any data
+        budget = aim.aim_plan()
+    else:
+        budget = mst_plan(len(specs), syn.budget_split, refine=syn.method == "mst-refined")
     if tasks or spec.privacy.max_rows_per_unit == "auto":
         budget = {"discovery": discovery, **{s: f * (1 - discovery) for s, f in budget.items()}}
     # Gaussian thresholding is approximate zCDP: half of delta is set aside for it when values are discovered.
@@ -282,7 +287,9 @@ def _marginal_noise_per_row(plan: JobPlan) -> tuple[float, float]:
     a typical 2-way marginal (the square of the median column size: the spec's public size, or the bins an open
     column will get). Public quantities only."""
     d = len(plan.spec.columns)
-    if "mst.measure" in plan.accountant.plan:
+    if aim.STAGE in plan.accountant.plan:  # a measurement of one round before annealing
+        per_marginal = aim.first_measure_rho(plan.accountant.allotted(aim.STAGE), d)
+    elif "mst.measure" in plan.accountant.plan:
         per_marginal = plan.accountant.allotted("mst.measure") / (d - 1)
     else:  # a single column: its 1-way marginal is the only measurement
         per_marginal = plan.accountant.allotted("mst.one_way")
@@ -356,9 +363,11 @@ def _measure(
     reporter = reporter or Reporter()
     key = key or BoundingKey.fresh()
     plan = discover(plan, engine, key, reporter, **options)
+    k, syn = plan.k, plan.spec.synthesizer
+    if syn.method == "aim":
+        return _measure_aim(plan, engine, key, reporter, **options)
     counts = MarginalCounts(plan.domain, required_cliques(plan.domain.names))
     cubes = run_aggregation(plan, counts, engine, key, reporter, **options)
-    k, syn = plan.k, plan.spec.synthesizer
     with reporter.timed("select and measure"):
         planned = "refine" in plan.accountant.plan
         refine = planned and decide_refinement(
@@ -385,6 +394,35 @@ def _measure(
         # no timestamp: with the statement's it would time the trusted pass (timing is not protected)
     }
     return MeasurementsArtifact(plan.domain, result.compression, result.measurements, privacy_record(plan), manifest)
+
+
+def _measure_aim(plan: JobPlan, engine: str, key: BoundingKey, reporter: Reporter, **options: Any) -> MeasurementsArtifact:
+    """The trusted pass of ``method: aim``: count the workload's downward closure, run AIM (:mod:`dpbeam.privacy.aim`)
+    with a progress bar over the budget it spends."""
+    syn, names = plan.spec.synthesizer, plan.domain.names
+    work = aim.workload(syn.workload, names)
+    cubes = run_aggregation(plan, MarginalCounts(plan.domain, aim.downward_closure(work, names)), engine, key,
+                            reporter, **options)
+    with reporter.timed("select and measure"), reporter.stage("AIM rounds (budget spent)", total=1000) as bar:
+        bar.set_total(1000, "‰")
+        done = [0.0]
+
+        def tick(share: float) -> None:  # advance in thousandths of the budget, a function of the rounds' plan
+            before = round(1000 * done[0])
+            done[0] = min(1.0, done[0] + share)
+            bar(round(1000 * done[0]) - before)
+
+        result = aim.run_aim(cubes, plan.domain, plan.k, plan.accountant, work, max_cells=syn.max_model_cells,
+                             max_minutes=syn.max_minutes, progress=reporter.say, tick=tick)
+        bar(1000 - round(1000 * done[0]))  # the last round spends the rest: the bar ends full
+    del cubes
+    manifest = {
+        "method": syn.method, "engine": engine, "spec_name": plan.spec.name, "spec_sha256": plan.spec.sha256(),
+        "workload": [{"columns": list(c), "weight": w} for c, w in work],
+        "diagnostics": plan.diagnostics, "library_versions": library_versions(),
+    }
+    return MeasurementsArtifact(plan.domain, result.compression, result.measurements, privacy_record(plan), manifest,
+                                rounds=result.rounds)
 
 
 def run_job(

@@ -6,6 +6,7 @@ It is a directory a person can read:
     privacy.json           the privacy record: unit, adjacency, k, epsilon, delta, rho and every charge
     domain.json            public column domains, and the compression of rare codes chosen from noisy 1-way counts
     measurements.parquet   one row per noisy marginal: clique, shape, noisy values, noise scale, query weights
+    rounds.json            AIM only: the round log (clique selected, sigma, rho of selection and measurement)
     _SUCCESS               written last
 
 All of it is differentially private (noisy counts, and choices computed from noisy counts) or public (the spec's
@@ -72,6 +73,7 @@ class MeasurementsArtifact:
     measurements: tuple[NoisyMarginal, ...]
     privacy: dict[str, Any]
     manifest: dict[str, Any] = field(default_factory=dict)
+    rounds: tuple[dict[str, Any], ...] = ()  # AIM's round log: DP selections and their public noise scales
 
     def model_size(self, name: str) -> int:
         """Codes of a column in the model domain: the compressed size, or the full size if not compressed."""
@@ -118,6 +120,8 @@ class MeasurementsArtifact:
         with lake.atomic_directory(uri, overwrite=overwrite) as tmp:
             lake.write_json(tmp, "manifest.json", {"format_version": FORMAT_VERSION, **self.manifest})
             lake.write_json(tmp, "privacy.json", self.privacy)
+            if self.rounds:
+                lake.write_json(tmp, "rounds.json", {"rounds": list(self.rounds)})
             lake.write_json(
                 tmp,
                 "domain.json",
@@ -175,4 +179,5 @@ class MeasurementsArtifact:
             measurements=measurements,
             privacy=lake.read_json(uri, "privacy.json"),
             manifest=manifest,
+            rounds=tuple(lake.read_json(uri, "rounds.json")["rounds"]) if fs.exists(f"{path}/rounds.json") else (),
         )

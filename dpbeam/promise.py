@@ -26,6 +26,22 @@ PROMISE = (
 )
 
 
+# What each synthesizer.method measures, one line each (the README's method section quotes these).
+METHODS = {
+    "mst": "MST: noisy 1-way marginals, a spanning tree of 2-way marginals chosen by the exponential mechanism, and "
+           "those 2-way marginals, noisy.",
+    "mst-refined": "MST, then one AIM-style round that measures the 2-way marginals the tree model gets most wrong.",
+    "aim": "AIM: noisy 1-way marginals, then rounds that each select (exponential mechanism) the workload marginal "
+           "the current model gets most wrong for its noise and measure it (discrete Gaussian), with a noise scale "
+           "that shrinks when a measurement stops moving the model; the last round spends what is left.",
+}
+
+
+def method_text(method: str) -> str:
+    """What ``method`` measures (every measurement noisy, every choice DP; covered by the guarantee)."""
+    return METHODS[method]
+
+
 def guarantee_text(privacy: dict[str, Any]) -> str:
     """The guarantee of one release, from its privacy record (the budget's figures)."""
     unit = privacy["privacy_unit"]

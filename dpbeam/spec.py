@@ -307,14 +307,41 @@ class PrivacySpec(_Model):
         return self.max_rows_per_unit
 
 
+class WorkloadClique(_Model):
+    """One workload marginal for AIM: its columns and its weight (how much it matters relative to the others)."""
+
+    columns: list[str] = Field(min_length=1)
+    weight: float = Field(default=1.0, gt=0)
+
+
+class WorkloadSpec(_Model):
+    """The marginals AIM should preserve. Default (no workload): every 2-way marginal, weight 1. ``three_way``:
+    columns among which every 3-way marginal is added to the 2-way ones. ``cliques``: an explicit weighted list of
+    column sets instead of the default."""
+
+    three_way: list[str] = Field(default_factory=list)
+    cliques: list[WorkloadClique] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "WorkloadSpec":
+        if self.cliques is not None and self.three_way:
+            raise ValueError("give either three_way (added to every 2-way marginal) or cliques (the whole workload), "
+                             "not both; list the 3-way sets among the cliques instead")
+        if self.cliques is not None and not self.cliques:
+            raise ValueError("cliques is empty: list the column sets to preserve, or drop cliques for every 2-way")
+        return self
+
+
 class SynthesizerSpec(_Model):
     """How measurements are chosen (``method``) and turned into rows (``engine``).
 
     ``mst``: McKenna et al.'s MST (1-way marginals, a spanning tree of 2-way marginals). ``mst-refined`` (default):
     MST, then ``refine_rounds`` AIM-style rounds that measure the 2-way marginals the current model gets most wrong,
-    keeping the model's largest junction-tree clique within ``max_model_cells``."""
+    keeping the model's largest junction-tree clique within ``max_model_cells``. ``aim``: McKenna et al.'s AIM on the
+    ``workload`` (default every 2-way marginal), with the model's total cells within ``max_model_cells``; after
+    ``max_minutes`` (if set) the rest of the budget goes to one last round."""
 
-    method: Literal["mst", "mst-refined"] = "mst-refined"
+    method: Literal["mst", "mst-refined", "aim"] = "mst-refined"
     engine: Literal["auto", "pgm", "torch"] = "auto"
     iters: int = Field(default=1000, ge=1)
     budget_split: dict[str, float] | None = Field(
@@ -324,12 +351,19 @@ class SynthesizerSpec(_Model):
     refine_rounds: int = Field(default=1, ge=1)
     refine_per_round: int | None = Field(default=None, ge=1, description="Default: 2 (number of columns - 1).")
     max_model_cells: int = Field(default=1_000_000, ge=1)
+    workload: WorkloadSpec | None = Field(default=None, description="aim only: the marginals to preserve.")
+    max_minutes: float | None = Field(default=None, gt=0, description="aim only: time cap of the rounds.")
 
     @model_validator(mode="after")
     def _split(self) -> "SynthesizerSpec":
+        if self.method != "aim" and (self.workload is not None or self.max_minutes is not None):
+            raise ValueError("workload and max_minutes apply to method aim only; set method: aim or remove them")
         v = self.budget_split
         if v is None:
             return self
+        if self.method == "aim":
+            raise ValueError("budget_split does not apply to method aim (its rounds split the budget as they go); "
+                             "remove it")
         keys = {"one_way", "select", "measure"} | ({"refine"} if self.method == "mst-refined" else set())
         if set(v) != keys:
             raise ValueError(f"budget_split for method {self.method} needs exactly the keys {sorted(keys)}")

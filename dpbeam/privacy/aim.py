@@ -1,0 +1,317 @@
+"""AIM (McKenna, Mullins, Sheldon & Miklau, VLDB 2022) on exact cubes held on the trusted side.
+
+The workload W is a weighted list of cliques (default: every 2-way marginal; see :func:`workload`). Candidates are
+its downward closure C (every non-empty subset of a workload clique); each candidate r has the public weight
+w_r = sum_{s in W} c_s |r n s| (integers: see :func:`candidate_weights`).
+
+The loop, all in one budget stage (``aim``, rho_A = its allotment), T = 16 d initial rounds, alpha = 0.9:
+
+1. The 1-way round: every 1-way marginal, discrete Gaussian of scale sigma (L2 sensitivity k each, rho_1 each), with
+   rho_1 = ONE_WAY_SHARE rho_A / d (AIM's alpha rho_A / T when the share is None). The rounds then start from
+   rho_round = rho_L / T, rho_L what is left of rho_A. Rare codes (noisy count below 3 sigma) merge into one code per column, as in MST: a
+   function of noisy counts only.
+2. Each round t: fit the model to every measurement so far (post-processing; :mod:`dpbeam.synth.warm_fit`, warm
+   started), then
+   - select r among the candidates whose model stays under a size cap, max_model_cells x (rho spent / rho_A): the
+     junction tree of the measured cliques plus r, total cells of its maximal cliques. A candidate the model already
+     covers never grows it, so the 1-way cliques always pass. The candidate set is a function of public sizes and
+     earlier DP outputs only, so the filter is free.
+   - score q_r = w_r (||M_r(D) - round(M_r(model))||_1 - ceil(sqrt(2/pi) sigma n_r)), n_r the cells of r: the model's
+     L1 error minus the L1 error a measurement at sigma is expected to have, both integers (the L1 exactly, by
+     :func:`dpbeam.privacy.selection.l1_score`). Sensitivity: the model and the penalty are fixed before the exact
+     cube is read, and one unit (<= k rows) moves M_r(D) by at most k in L1, so q_r moves by at most w_r k <= Delta =
+     k max_r w_r. The exponential mechanism (OpenDP's Gumbel noisy max, integer scores, d_in = Delta) picks r at
+     rho_s = (1 - alpha) rho_round.
+   - measure r with the discrete Gaussian, L2 sensitivity k, at rho_m = alpha rho_round (sigma = k / sqrt(2 rho_m)).
+   - anneal: if the refitted model's marginal on r moved by at most sqrt(2/pi) sigma n_r in L1 (the measurement told
+     the model little), rho_round grows by ANNEAL (AIM: 4, sigma halves; here 2, sigma / sqrt 2).
+   - last round: when what is left of rho_A is less than 2 rho_round, or when ``max_minutes`` have passed, the round
+     spends exactly what is left (alpha of it on the measurement) and the loop ends.
+
+Privacy (a zCDP privacy filter). rho_A is fixed before the run. Each round's rho_round, sigma, candidate set and
+whether it is the last are chosen from earlier outputs (the measurements, the selections, the models fitted to
+them; and, for the time cap, the clock: see below) and the public spec. Every release is charged to the accountant,
+which refuses, before noise is drawn, any charge that would take the stage past rho_A (compared exactly); the last
+round is sized to the remainder, so the charges sum to rho_A (to the few ulps by which each mechanism's scale errs
+safe) on every branch: the normal end, an anneal into the last round, the time cap. A rho-zCDP budget is a Renyi
+budget of rho alpha' at every order alpha', and Renyi filters (Feldman & Zrnic 2021, Thm 3.1) allow each mechanism's
+parameters to depend on earlier outputs as long as the sum stays within the budget at every order: the adaptive
+composition is rho_A-zCDP. The reported epsilon is the budget's.
+
+The time cap reads a clock started after the exact cubes are counted. What the loop does before it (fit, score,
+select, measure) works on arrays whose shapes are public domain sizes or follow from earlier DP outputs (the
+compression, the measured cliques), so when it fires depends on those outputs and on the machine, not on the rows
+(timing is outside the promise in any case: see the README's threat model).
+
+Rows of the artifact: every measurement, and a round log (round, clique, sigma, rho of the selection and of the
+measurement, candidates, whether the round annealed, whether it was the last): all DP outputs or public.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from itertools import combinations
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from dpbeam.domain import TableDomain
+from dpbeam.errors import SpecError
+from dpbeam.marginals import Clique
+from dpbeam.measurements import NoisyMarginal, estimated_total
+from dpbeam.privacy.accountant import ZCDPAccountant
+from dpbeam.privacy.mst import compress_cube, compress_rare
+from dpbeam.privacy.noise import add_discrete_gaussian, gaussian_sigma
+from dpbeam.privacy.selection import exponential_mechanism, l1_score
+
+STAGE = "aim"
+ALPHA = 0.9  # share of a round's rho for its measurement (AIM's alpha)
+ROUNDS_PER_COLUMN = 16  # T = 16 d initial rounds (AIM's default)
+# The 1-way round's share of the budget (None: AIM's d alpha / T, 5.6% with T = 16 d). As MST's first stage, a third
+# or so: on Adult (one run each, loaded 2-core machine) AIM's share gave mean 2-way TVD 0.216 / 0.044-0.047 / 0.031 at
+# eps 0.1 / 1 / 10, a share of 0.3 gave 0.130 / 0.040 / 0.034, 0.5 gave 0.124 at eps 0.1.
+ONE_WAY_SHARE: float | None = 0.3
+# mirror-descent iterations per warm-started refit: at eps 1 on Adult 100 gave 0.0388 / 0.0878 against 30's 0.0406 /
+# 0.0909 (one run each) at three times the loop's CPU; at eps 10 100 took several CPU minutes
+ROUND_ITERS = 50
+# rho_round grows by this factor on an anneal. AIM's 4 (sigma halves, the selection's epsilon doubles) ended Adult
+# runs after ~20 rounds; 2 gave 0.0317 / 0.0790 mean 2-way / 3-way TVD at eps 10 against 0.0343 / 0.0833 (one run each)
+ANNEAL = 2
+WEIGHT_RESOLUTION = 1000  # non-integer workload weights are scaled so the largest is this, then rounded
+EXPECTED_ABS = math.sqrt(2 / math.pi)  # E|Z| / sigma for a Gaussian Z
+
+Progress = Callable[[str], None]
+
+
+def aim_plan() -> dict[str, float]:
+    """The budget plan: one adaptive stage holds the whole budget (the rounds split it as they go)."""
+    return {STAGE: 1.0}
+
+
+def workload(spec: Any, names: Sequence[str]) -> list[tuple[Clique, float]]:
+    """The workload as (clique in column order, weight) from the spec's ``synthesizer.workload`` (None: every 2-way
+    marginal, weight 1). ``three_way`` adds every 3-way marginal among the marked columns; ``cliques`` replaces the
+    default with a weighted list. Raises :class:`SpecError`, before any data is read, for an unknown column."""
+    names = list(names)
+    order = {n: i for i, n in enumerate(names)}
+
+    def canon(cols: Sequence[str], where: str) -> Clique:
+        unknown = [c for c in cols if c not in order]
+        if unknown:
+            raise SpecError(f"{where} names {unknown}, which are not columns of the spec; use some of {names}")
+        if len(set(cols)) != len(cols):
+            raise SpecError(f"{where} names a column twice: {list(cols)}")
+        return tuple(sorted(cols, key=order.__getitem__))
+
+    if spec is not None and spec.cliques is not None:
+        out: dict[Clique, float] = {}
+        for i, item in enumerate(spec.cliques):
+            c = canon(item.columns, f"synthesizer.workload.cliques[{i}]")
+            out[c] = out.get(c, 0.0) + item.weight
+        return list(out.items())
+    pairs = [(c, 1.0) for c in combinations(names, 2)] if len(names) >= 2 else [((n,), 1.0) for n in names]
+    marked = canon(spec.three_way, "synthesizer.workload.three_way") if spec is not None else ()
+    if marked and len(marked) < 3:
+        raise SpecError("synthesizer.workload.three_way needs at least 3 columns (every 3-way marginal among them is "
+                        f"added); got {list(marked)}")
+    return pairs + [(c, 1.0) for c in combinations(marked, 3)]
+
+
+def downward_closure(work: Sequence[tuple[Clique, float]], names: Sequence[str]) -> list[Clique]:
+    """Every non-empty subset of a workload clique, plus every 1-way marginal (AIM's first round), by size then
+    column order: the cliques whose exact cubes the engine counts."""
+    order = {n: i for i, n in enumerate(names)}
+    out = {(n,) for n in names}
+    for c, _ in work:
+        for size in range(1, len(c) + 1):
+            out.update(combinations(c, size))
+    return sorted(out, key=lambda c: (len(c), [order[n] for n in c]))
+
+
+def candidate_weights(work: Sequence[tuple[Clique, float]], candidates: Sequence[Clique]) -> dict[Clique, int]:
+    """w_r = sum_s c_s |r n s| over the workload, in integers: integer weights are kept, others scaled so the
+    largest is :data:`WEIGHT_RESOLUTION` and rounded (at least 1). Public: a function of the spec only."""
+    raw = [c for _, c in work]
+    if all(float(c).is_integer() for c in raw):
+        ints = [int(c) for c in raw]
+    else:
+        top = max(raw)
+        ints = [max(1, round(c * WEIGHT_RESOLUTION / top)) for c in raw]
+    return {r: sum(w * len(set(r) & set(s)) for (s, _), w in zip(work, ints)) for r in candidates}
+
+
+def model_cells(sizes: Mapping[str, int], cliques: Sequence[Clique]) -> int:
+    """Total cells of the maximal cliques of the junction tree Private-PGM builds for ``cliques``: the model's size.
+    Public sizes and measured cliques only."""
+    from dpbeam.synth import jtree
+
+    tree = jtree.build(sizes, cliques)
+    nodes = set(tree.cliques)
+    top = [c for c in nodes if not any(c < o for o in nodes)]
+    return sum(math.prod(int(tree.sizes[j]) for j in c) for c in top)
+
+
+def initial_plan(rho: float, d: int) -> tuple[float, float]:
+    """(rho of one measurement, rho of one selection) before any annealing: alpha rho / T and (1 - alpha) rho / T."""
+    t = ROUNDS_PER_COLUMN * max(d, 1)
+    return ALPHA * rho / t, (1 - ALPHA) * rho / t
+
+
+def first_measure_rho(rho: float, d: int) -> float:
+    """The rho of a round's measurement before any annealing (for the k rule, :func:`dpbeam.discovery.choose_k`)."""
+    rest = rho - d * one_way_rho(rho, d) if ONE_WAY_SHARE is not None else rho
+    return initial_plan(rest, d)[0]
+
+
+def one_way_rho(rho: float, d: int) -> float:
+    """The rho of each 1-way measurement of the first round: AIM's alpha rho / T, or ONE_WAY_SHARE rho / d."""
+    if ONE_WAY_SHARE is None:
+        return initial_plan(rho, d)[0]
+    return ONE_WAY_SHARE * rho / d
+
+
+def score(exact: np.ndarray, model: np.ndarray, weight: int, sigma: float) -> int:
+    """AIM's quality score of one candidate, an exact integer: w (||exact - round(model)||_1 - ceil(sqrt(2/pi) sigma
+    n)), n the cube's cells. ``model`` and ``sigma`` are fixed before ``exact`` is read (post-processing of earlier
+    outputs), so adding or removing one unit (<= k rows, <= k in L1 on ``exact``) moves it by at most w k."""
+    penalty = math.ceil(EXPECTED_ABS * sigma * exact.size)
+    return int(weight) * (l1_score(exact, model) - penalty)
+
+
+def _fit(measurements: Sequence[NoisyMarginal], sizes: Mapping[str, int], total: float, warm_start: Any,
+         max_iters: int) -> Any:
+    """The one call into the estimator (post-processing on the trusted side; the reverse is what is forbidden): a
+    model fitted to every measurement, started from ``warm_start``'s potentials and step size (None: cold), at most
+    ``max_iters`` iterations; AIM reads only its ``.marginal(clique)`` (counts, axes in the clique's order)."""
+    from dpbeam.synth import warm_fit
+
+    return warm_fit.fit(sizes, measurements, total, max_iters, warm_start=warm_start)
+
+
+@dataclass(frozen=True)
+class AIMResult:
+    measurements: tuple[NoisyMarginal, ...]
+    compression: dict[str, np.ndarray]
+    rounds: tuple[dict[str, Any], ...]
+
+
+def _measure_one_way(cubes, names, k, sigma, accountant) -> tuple[list[NoisyMarginal], dict[str, np.ndarray]]:
+    """The 1-way round (see the module doc), with MST's compression of rare codes."""
+    noisy: dict[str, np.ndarray] = {}
+    rhos: dict[str, float] = {}
+    for n in names:
+        noisy[n], rhos[n] = add_discrete_gaussian(cubes[(n,)], sigma, k)
+        accountant.charge(STAGE, "discrete Gaussian", rhos[n], clique=[n], sigma=sigma, sensitivity_l2=k)
+    compression: dict[str, np.ndarray] = {}
+    out = []
+    for n in names:
+        y = noisy[n].astype(np.float64)
+        mapping = compress_rare(noisy[n], 3 * sigma)
+        if mapping is None:
+            out.append(NoisyMarginal((n,), y, sigma, "discrete Gaussian", rhos[n]))
+            continue
+        compression[n] = mapping
+        merged = mapping == mapping.max()
+        m = int(merged.sum())
+        y2 = np.append(y[~merged], y[merged].sum())
+        weights = np.ones(len(y2))
+        weights[-1] = 1.0 / math.sqrt(m)  # the merged cell's noisy sum has scale sqrt(m) sigma: rescaled to sigma
+        out.append(NoisyMarginal((n,), y2 * weights, sigma, "discrete Gaussian", rhos[n], weights=weights))
+    return out, compression
+
+
+def run_aim(
+    cubes: Mapping[Clique, np.ndarray],
+    domain: TableDomain,
+    k: int,
+    accountant: ZCDPAccountant,
+    work: Sequence[tuple[Clique, float]],
+    max_cells: int = 1_000_000,
+    max_minutes: float | None = None,
+    round_iters: int = ROUND_ITERS,
+    progress: Progress | None = None,
+    tick: Callable[[float], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> AIMResult:
+    """Run AIM (module doc) on exact cubes of every clique of :func:`downward_closure` (trusted side); return the
+    noisy measurements, the compression and the round log. Spends exactly the ``aim`` stage's allotment.
+
+    ``tick(share)`` is called after each round with the share of the budget it spent (a progress bar); ``clock`` is
+    the time source of ``max_minutes``."""
+    from dpbeam.synth import jtree
+
+    say = progress or (lambda _msg: None)
+    tick = tick or (lambda _share: None)
+    start = clock()
+    names = domain.names
+    d = len(names)
+    budget = accountant.allotted(STAGE)
+    rho_m = one_way_rho(budget, d)
+
+    def left() -> float:
+        return float(Fraction(budget) - sum((Fraction(c.rho) for c in accountant.charges if c.stage == STAGE),
+                                            Fraction(0)))
+
+    if d == 1 or len(work) == 0:  # nothing to select among: the 1-way marginals take the whole budget
+        rho_m = budget / d
+    sigma = gaussian_sigma(rho_m, k)
+    say(f"AIM round 1: measuring {d} one-way marginals (sigma={sigma:.3g})")
+    measurements, compression = _measure_one_way(cubes, names, k, sigma, accountant)
+    rounds: list[dict[str, Any]] = [{"round": 1, "clique": [[n] for n in names], "sigma": sigma, "rho_select": 0.0,
+                                     "rho_measure": rho_m * d, "candidates": 0, "annealed": False, "last": False}]
+    tick(1 - left() / budget)
+    if d == 1 or len(work) == 0:
+        rounds[-1]["last"] = True
+        return AIMResult(tuple(measurements), compression, tuple(rounds))
+
+    sizes = {n: int(compression[n].max()) + 1 if n in compression else domain[n].size for n in names}
+    candidates = downward_closure(work, names)
+    weights = candidate_weights(work, candidates)
+    delta = k * max(weights.values())
+    exact = {r: compress_cube(cubes[r], r, compression) for r in candidates}
+    cells = {r: exact[r].size for r in candidates}
+    total = estimated_total(measurements)
+    model = _fit(measurements, sizes, total, None, round_iters)
+    rho_m, rho_s = initial_plan(left() if ONE_WAY_SHARE is not None else budget, d)
+    rho_round = rho_m + rho_s
+    last = False
+    while not last:
+        remaining = left()
+        late = max_minutes is not None and clock() - start >= 60.0 * max_minutes
+        if late or remaining < 2 * rho_round:
+            last = True
+            if late:
+                say("AIM: max_minutes reached; the rest of the budget goes to one last round")
+            rho_s = (1 - ALPHA) * remaining
+            rho_m = remaining - rho_s
+        else:
+            rho_s, rho_m = (1 - ALPHA) * rho_round, ALPHA * rho_round
+        sigma = gaussian_sigma(rho_m, k)
+        measured = [tuple(m.clique) for m in measurements]
+        limit = max_cells * (1 - remaining / budget)
+        now = model_cells(sizes, measured)
+        covered = [{names[j] for j in c} for c in jtree.build(sizes, measured).cliques]
+        fits = [r for r in candidates
+                if any(set(r) <= c for c in covered) or model_cells(sizes, measured + [r]) <= max(limit, now)]
+        before = {r: model.marginal(r) for r in fits}
+        scores = [score(exact[r], before[r], weights[r], sigma) for r in fits]
+        idx, rho = exponential_mechanism(scores, sensitivity=delta, rho=rho_s)
+        accountant.charge(STAGE, "exponential mechanism (Gumbel noisy max)", rho, candidates=len(fits),
+                          sensitivity=delta)
+        r = fits[idx]
+        noisy, rho = add_discrete_gaussian(exact[r], sigma, k)
+        accountant.charge(STAGE, "discrete Gaussian", rho, clique=list(r), sigma=sigma, sensitivity_l2=k)
+        measurements.append(NoisyMarginal(r, noisy.astype(np.float64), sigma, "discrete Gaussian", rho))
+        model = _fit(measurements, sizes, total, model, round_iters)
+        moved = float(np.abs(model.marginal(r) - before[r]).sum())
+        annealed = not last and moved <= EXPECTED_ABS * sigma * cells[r]
+        if annealed:
+            rho_round *= ANNEAL
+        rounds.append({"round": len(rounds) + 1, "clique": [list(r)], "sigma": sigma, "rho_select": rho_s,
+                       "rho_measure": rho_m, "candidates": len(fits), "annealed": annealed, "last": last})
+        tick(rho_s / budget + rho_m / budget)
+        say(f"AIM round {len(rounds)}: measured {list(r)} (sigma={sigma:.3g})")
+    return AIMResult(tuple(measurements), compression, tuple(rounds))

@@ -1,0 +1,301 @@
+"""AIM: the workload, the scores' sensitivity, the budget spent exactly on every branch of the loop, the round log,
+the numpy inference it scores with, and the whole job with ``method: aim``."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import small_spec
+from dpbeam.domain import BinnedDomain, TableDomain
+from dpbeam.errors import SpecError
+from dpbeam.marginals import count_cliques
+from dpbeam.measurements import MeasurementsArtifact, NoisyMarginal
+from dpbeam.privacy import aim
+from dpbeam.privacy.accountant import ZCDPAccountant
+from dpbeam.privacy.noise import gaussian_sigma
+from dpbeam.spec import WorkloadSpec, parse_spec
+from dpbeam.synth import warm_fit
+from dpbeam.synth.calibrate import NamedTable
+
+SIZES = [4, 3, 5, 2, 6]
+DOM = TableDomain(tuple(BinnedDomain(f"c{i}", "int64", False, edges=tuple(range(s + 1))) for i, s in enumerate(SIZES)))
+NAMES = list(DOM.names)
+
+
+def _cubes(cliques, n=5000, seed=0):
+    rng = np.random.default_rng(seed)
+    c0 = rng.integers(0, 4, n)
+    codes = np.stack([c0, (c0 + rng.integers(0, 2, n)) % 3, rng.integers(0, 5, n), c0 % 2, rng.integers(0, 6, n)], 1)
+    return count_cliques(codes.astype(np.uint8), DOM, cliques)
+
+
+def _run(eps=1.0, k=1, work=None, **kw):
+    work = work or aim.workload(None, NAMES)
+    acc = ZCDPAccountant(eps, 1e-9, aim.aim_plan())
+    result = aim.run_aim(_cubes(aim.downward_closure(work, NAMES)), DOM, k, acc, work, **kw)
+    return acc, result
+
+
+def _assert_spent_exactly(acc):
+    # the last round is sized to the remainder; each mechanism's scale errs safe by 1e-12 relative, so the charges
+    # sum to the budget within 1e-9 relative and never above it
+    assert acc.spent(aim.STAGE) == pytest.approx(acc.allotted(aim.STAGE), rel=1e-9)
+    assert acc.spent(aim.STAGE) <= acc.allotted(aim.STAGE)
+    assert acc.record()["rho"] == acc.rho  # the reported guarantee is the budget's
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Workload
+
+
+def test_default_workload_is_every_pair_and_its_closure_every_one_way():
+    work = aim.workload(None, NAMES)
+    assert [c for c, _ in work] == list(itertools.combinations(NAMES, 2)) and {w for _, w in work} == {1.0}
+    closure = aim.downward_closure(work, NAMES)
+    assert closure == [(n,) for n in NAMES] + list(itertools.combinations(NAMES, 2))
+    # w_r = sum_s |r n s|: a pair meets itself (2) and the 2 (d - 2) pairs sharing one column; a column d - 1 pairs
+    weights = aim.candidate_weights(work, closure)
+    d = len(NAMES)
+    assert weights[("c0",)] == d - 1 and weights[("c0", "c1")] == 2 + 2 * (d - 2)
+
+
+def test_three_way_and_weighted_workloads():
+    work = aim.workload(WorkloadSpec(three_way=["c3", "c0", "c1"]), NAMES)
+    assert ("c0", "c1", "c3") in [c for c, _ in work] and len(work) == 10 + 1
+    assert ("c0", "c1", "c3") in aim.downward_closure(work, NAMES)
+    spec = WorkloadSpec.model_validate({"cliques": [{"columns": ["c1", "c0"], "weight": 0.5},
+                                                    {"columns": ["c2", "c3", "c4"], "weight": 2}]})
+    work = aim.workload(spec, NAMES)
+    assert work == [(("c0", "c1"), 0.5), (("c2", "c3", "c4"), 2.0)]
+    closure = aim.downward_closure(work, NAMES)
+    assert len(closure) == 5 + 1 + 3 + 1  # every 1-way, c0c1, the three pairs and the triple of c2c3c4
+    w = aim.candidate_weights(work, closure)  # non-integer weights: scaled to 1000 for the largest, rounded
+    assert w[("c0", "c1")] == 2 * 250 and w[("c2", "c3", "c4")] == 3 * 1000 and w[("c1",)] == 250 and w[("c2", "c3")] == 2000
+
+
+@pytest.mark.parametrize("workload, message", [
+    ({"three_way": ["c0", "nope", "c1"]}, "not columns of the spec"),
+    ({"three_way": ["c0", "c1"]}, "at least 3 columns"),
+    ({"cliques": [{"columns": ["c0", "c0"]}]}, "names a column twice"),
+])
+def test_bad_workload_is_refused_before_any_data(workload, message):
+    with pytest.raises(SpecError, match=message):
+        aim.workload(WorkloadSpec.model_validate(workload), NAMES)
+
+
+def test_spec_fields(small_parquet, tmp_path):
+    base = small_spec(small_parquet, str(tmp_path / "out"))
+    spec = parse_spec({**base, "synthesizer": {"method": "aim", "workload": {"three_way": ["color", "age", "score"]},
+                                               "max_minutes": 2}})
+    assert spec.synthesizer.max_minutes == 2 and spec.synthesizer.workload.three_way == ["color", "age", "score"]
+    with pytest.raises(SpecError, match="apply to method aim only"):
+        parse_spec({**base, "synthesizer": {"method": "mst-refined", "max_minutes": 2}})
+    with pytest.raises(SpecError, match="not both"):
+        parse_spec({**base, "synthesizer": {"method": "aim", "workload": {"three_way": ["age", "color", "day"],
+                                                                          "cliques": [{"columns": ["age"]}]}}})
+    with pytest.raises(SpecError, match="does not apply to method aim"):
+        parse_spec({**base, "synthesizer": {"method": "aim", "budget_split": {"one_way": 0.5, "select": 0.5}}})
+    from dpbeam.job import plan_job
+
+    bad = parse_spec({**base, "synthesizer": {"method": "aim", "workload": {"three_way": ["age", "color", "x"]}}})
+    with pytest.raises(SpecError, match="synthesizer.workload.three_way"):
+        plan_job(bad)  # refused at plan time, before a row is read or budget spent
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The score and its sensitivity
+
+
+def test_score_moves_by_at_most_weight_times_k():
+    rng = np.random.default_rng(3)
+    for trial in range(200):
+        shape = tuple(rng.integers(1, 6, size=rng.integers(1, 4)))
+        exact = rng.integers(0, 50, size=shape)
+        model = rng.random(shape) * 60  # fixed before the data: one model for both neighbours
+        k, weight, sigma = int(rng.integers(1, 5)), int(rng.integers(1, 30)), float(rng.random() * 20)
+        neighbour = exact.copy()
+        # add or remove one unit of k rows, spread over random cells (removal never below zero)
+        for _ in range(k):
+            cell = tuple(rng.integers(0, s) for s in shape)
+            if trial % 2 and neighbour[cell] > 0:
+                neighbour[cell] -= 1
+            else:
+                neighbour[cell] += 1
+        a, b = aim.score(exact, model, weight, sigma), aim.score(neighbour, model, weight, sigma)
+        assert isinstance(a, int) and abs(a - b) <= weight * k
+
+
+def test_selections_use_the_weighted_sensitivity():
+    spec = WorkloadSpec.model_validate({"cliques": [{"columns": ["c0", "c1"], "weight": 3},
+                                                    {"columns": ["c2", "c3"], "weight": 1}]})
+    work = aim.workload(spec, NAMES)
+    acc, _ = _run(eps=2.0, k=3, work=work)
+    weights = aim.candidate_weights(work, aim.downward_closure(work, NAMES))
+    selections = [c for c in acc.charges if c.mechanism.startswith("exponential")]
+    assert selections and all(c.detail["sensitivity"] == 3 * max(weights.values()) for c in selections)
+    # every measurement: L2 sensitivity k, rho = k^2 / (2 sigma^2)
+    for c in acc.charges:
+        if c.mechanism == "discrete Gaussian":
+            assert c.detail["sensitivity_l2"] == 3
+            assert c.rho == pytest.approx(9 / (2 * c.detail["sigma"] ** 2), rel=1e-9)
+
+
+def test_first_selection_finds_the_dependent_pair():
+    """c1 is a function of c0 plus noise and c3 = c0 mod 2; every other pair is independent. After the 1-way round the
+    independent model misses (c0, c1) by ~5000 in L1 (most of the table) and (c0, c3) by ~4400. At eps = 5 the first
+    selection has rho_s = 0.1 rho / 80 (rho ~ 0.47), so its Gumbel scale is Delta / sqrt(2 rho_s) ~ 8 / 0.024 ~ 330
+    score units; the winner's score exceeds any independent pair's (L1 error within sampling noise, a few hundred,
+    minus the penalty) by >= 8 x 3000, ~60 Gumbel scales: a wrong pick has probability below e^-50."""
+    _, result = _run(eps=5.0)
+    assert result.rounds[1]["clique"][0] in (["c0", "c1"], ["c0", "c3"])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The budget on every branch
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("eps", [0.3, 5.0])
+def test_spends_exactly_its_budget(eps, k):
+    acc, result = _run(eps=eps, k=k)
+    _assert_spent_exactly(acc)
+    d = len(NAMES)
+    # the 1-way round: rho_1 = share rho / d each, sigma = k / sqrt(2 rho_1); the rounds start from what is left / T
+    one = aim.ONE_WAY_SHARE * acc.rho / d
+    assert result.rounds[0]["sigma"] == pytest.approx(k / math.sqrt(2 * one), rel=1e-9)
+    rho_m, rho_s = aim.initial_plan(acc.rho - d * one, d)
+    assert [m.stddev for m in result.measurements[:d]] == [result.rounds[0]["sigma"]] * d
+    assert result.rounds[-1]["last"] and not any(r["last"] for r in result.rounds[:-1])
+    # each later round's measurement is rho_m = k^2 / (2 sigma^2), ANNEAL^j times the initial after j anneals
+    anneals = 0
+    for r in result.rounds[1:-1]:
+        assert r["rho_measure"] == pytest.approx(rho_m * aim.ANNEAL ** anneals, rel=1e-9)
+        assert r["rho_select"] == pytest.approx(rho_s * aim.ANNEAL ** anneals, rel=1e-9)
+        assert r["sigma"] == pytest.approx(gaussian_sigma(r["rho_measure"], k), rel=1e-12)
+        anneals += r["annealed"]
+    assert len(result.measurements) == d + len(result.rounds) - 1
+
+
+def test_time_cap_sends_the_rest_to_one_last_round():
+    times = iter([0.0] + [1e9] * 100)  # the clock reads 0 at the start, then far past max_minutes
+    acc, result = _run(eps=2.0, max_minutes=1.0, clock=lambda: next(times))
+    assert len(result.rounds) == 2 and result.rounds[1]["last"]
+    _assert_spent_exactly(acc)
+    assert result.rounds[1]["rho_measure"] == pytest.approx(0.9 * acc.rho * (1 - aim.ONE_WAY_SHARE), rel=1e-9)
+
+
+def test_annealing_every_round_still_ends_on_the_budget(monkeypatch):
+    monkeypatch.setattr(aim, "EXPECTED_ABS", 1e6)  # every measurement "tells the model nothing": always anneal
+    acc, result = _run(eps=1.0)
+    # rho_round grows by ANNEAL every round from (what is left) / T, T = 16 d: the remainder falls below 2 rho_round
+    # after at most log_ANNEAL(T) rounds
+    assert all(r["annealed"] for r in result.rounds[1:-1])
+    assert len(result.rounds) <= 2 + math.ceil(math.log(16 * len(NAMES), aim.ANNEAL))
+    _assert_spent_exactly(acc)
+
+
+def test_tiny_model_cap_keeps_to_covered_cliques_and_the_budget():
+    acc, result = _run(eps=1.0, max_cells=1)
+    assert all(len(r["clique"][0]) == 1 for r in result.rounds[1:])  # no pair fits: 1-way cliques are re-measured
+    _assert_spent_exactly(acc)
+
+
+def test_single_column_spends_everything_on_its_one_way():
+    dom = TableDomain(DOM.columns[:1])
+    work = aim.workload(None, ["c0"])
+    acc = ZCDPAccountant(1.0, 1e-9, aim.aim_plan())
+    result = aim.run_aim({("c0",): np.array([10, 20, 30, 40])}, dom, 1, acc, work)
+    assert len(result.measurements) == 1 and result.rounds[0]["last"]
+    _assert_spent_exactly(acc)
+
+
+def test_three_way_workload_runs_and_measures_within_its_closure():
+    work = aim.workload(WorkloadSpec(three_way=["c0", "c1", "c3"]), NAMES)
+    acc, result = _run(eps=10.0, work=work)
+    closure = set(aim.downward_closure(work, NAMES))
+    assert all(tuple(r["clique"][0]) in closure for r in result.rounds[1:])
+    _assert_spent_exactly(acc)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Inference and the warm-started fit
+
+
+def _brute_joint(potentials, sizes, total):
+    names = list(sizes)
+    logp = np.zeros([sizes[n] for n in names])
+    for c, t in potentials.items():
+        logp = logp + NamedTable(c, t).aligned(tuple(names))
+    p = np.exp(logp - logp.max())
+    return NamedTable(tuple(names), p * total / p.sum())
+
+
+@pytest.mark.parametrize("cliques", [
+    [("c0", "c1"), ("c1", "c2"), ("c2", "c3"), ("c3", "c4")],  # a chain: pairs and triples walk along it
+    [("c0", "c1", "c2"), ("c2", "c4"), ("c1", "c3")],
+    [("c0", "c1"), ("c2",), ("c3", "c4")],  # three components: independent across them
+])
+def test_calibrated_marginals_match_the_joint(cliques):
+    sizes = dict(zip(NAMES, SIZES))
+    rng = np.random.default_rng(1)
+    potentials = {c: rng.normal(size=[sizes[n] for n in c]) for c in cliques}
+    tree, order = warm_fit.junction_tree(sizes, cliques)
+    tables = warm_fit._marginals(sizes, tree, order, potentials, 1000.0)[0]
+    cal = warm_fit.Calibrated(tree, tables)
+    joint = _brute_joint(potentials, sizes, 1000.0)
+    for size in (1, 2, 3):
+        for c in itertools.combinations(NAMES, size):
+            np.testing.assert_allclose(cal.marginal(c), joint.project(c).values, rtol=1e-9, atol=1e-9)
+
+
+def test_warm_fit_lowers_the_loss_and_warm_starts():
+    sizes = dict(zip(NAMES, SIZES))
+    cubes = _cubes([("c0",), ("c1",), ("c0", "c1"), ("c1", "c2")])
+    ms = [NoisyMarginal(c, cubes[c].astype(float), 1.0, "test", 0.0) for c in cubes]
+    cold = warm_fit.fit(sizes, ms, 5000.0, 0)
+    fitted = warm_fit.fit(sizes, ms, 5000.0, 300)
+    err = lambda m: np.abs(m.marginal(("c0", "c1")) - cubes[("c0", "c1")]).sum()  # noqa: E731
+    # the independent start misses the c0-c1 dependence by thousands; 300 steps bring it within 2% of the table
+    assert err(cold) > 2000 and err(fitted) < 100
+    warm = warm_fit.fit(sizes, ms, 5000.0, 0, warm_start=fitted)
+    np.testing.assert_allclose(warm.marginal(("c0", "c1")), fitted.marginal(("c0", "c1")), rtol=1e-9)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The whole job
+
+
+def test_aim_job_writes_the_round_log(small_parquet, tmp_path):
+    from dpbeam.job import run_job
+
+    base = small_spec(small_parquet, str(tmp_path / "out"))
+    spec = parse_spec({**base, "privacy": {**base["privacy"], "epsilon": 5.0},
+                       "synthesizer": {"method": "aim", "iters": 200}})
+    statement = run_job(spec)
+    art = MeasurementsArtifact.read(spec.output.resolved_measurements_uri)
+    with open(os.path.join(spec.output.resolved_measurements_uri, "rounds.json")) as f:
+        rounds = json.load(f)["rounds"]
+    assert len(rounds) >= 2 and rounds[-1]["last"] and len(art.rounds) == len(rounds)
+    assert [m.stddev for m in art.measurements[5:]] == pytest.approx([r["sigma"] for r in rounds[1:]])
+    assert art.manifest["method"] == "aim" and len(art.manifest["workload"]) == 10
+    assert statement["epsilon"] <= 5.0 and art.privacy["stages"]["aim"]["rho_charged"] == pytest.approx(
+        art.privacy["rho"], rel=1e-9)
+    assert pq.read_table(spec.output.uri).num_rows > 0
+
+
+def test_k_rule_reads_the_aim_plan(users_parquet, tmp_path):
+    """max_rows_per_unit: auto with method aim: the k rule's noise per row is a round's first measurement, at k = 1."""
+    from dpbeam.job import _marginal_noise_per_row, plan_job
+
+    base = small_spec(users_parquet, str(tmp_path / "out"), unit={"column": "user_id"}, max_rows_per_unit="auto",
+                      discovery_fraction=0.1)
+    plan = plan_job(parse_spec({**base, "synthesizer": {"method": "aim"}}))
+    sigma, _ = _marginal_noise_per_row(plan)
+    assert sigma == pytest.approx(gaussian_sigma(aim.first_measure_rho(plan.accountant.allotted("aim"), 5), 1.0))
