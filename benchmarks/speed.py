@@ -37,6 +37,7 @@ def _child(kind: str, arg: str, out: str) -> None:
         def __init__(self) -> None:
             super().__init__()
             self.cpu: dict[str, float] = {}
+            self.peak_mb: dict[str, float] = {}  # the process's peak RSS so far, at the end of each stage
 
         @contextlib.contextmanager
         def timed(self, name: str) -> Iterator[None]:
@@ -44,6 +45,7 @@ def _child(kind: str, arg: str, out: str) -> None:
             with super().timed(name):
                 yield
             self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - c
+            self.peak_mb[name] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     imports = (time.perf_counter() - t0, time.process_time() - c0)
     if kind == "demo":
@@ -56,7 +58,7 @@ def _child(kind: str, arg: str, out: str) -> None:
     statement = run_job(spec, "local", reporter=reporter)
     print(json.dumps({
         "imports": imports, "stages": {k: (reporter.timings[k], reporter.cpu[k]) for k in reporter.timings},
-        "iters_run": statement["synthesizer"].get("iters_run"),
+        "iters_run": statement["synthesizer"].get("iters_run"), "stage_peak_rss_mb": reporter.peak_mb,
         "wall": time.perf_counter() - t0, "cpu": time.process_time() - c0,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }))
@@ -84,6 +86,7 @@ def _row(item: str, rows: int | None, r: dict[str, Any]) -> dict[str, Any]:
             "wall_s": r["process_wall"], "cpu_s": r["process_cpu"],
             "imports": f"{r['imports'][0]:.1f}/{r['imports'][1]:.1f}", "stages": stages,
             "iters_run": r["iters_run"], "peak_rss_mb": r["peak_rss_mb"],
+            "peak_rss_after_stage_mb": ", ".join(f"{k} {v:.0f}" for k, v in r.get("stage_peak_rss_mb", {}).items()),
             "load": f"{r['load_before']:.1f}-{r['load_after']:.1f}", "raw": r}
 
 
@@ -108,7 +111,8 @@ def run(reps: int = 1, rows: tuple[int, ...] = (1_000_000, 10_000_000)) -> list[
 
 COLUMNS = [("item", "item"), ("rows", "input rows"), ("wall_s", "wall s"), ("cpu_s", "CPU s"),
            ("imports", "imports wall/CPU s"), ("stages", "stages wall/CPU s"), ("iters_run", "fit iterations"),
-           ("peak_rss_mb", "peak RSS MB"), ("load", "load avg")]
+           ("peak_rss_mb", "peak RSS MB"), ("peak_rss_after_stage_mb", "peak RSS MB after each stage"),
+           ("load", "load avg")]
 
 if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "--child":
     _child(sys.argv[2], sys.argv[3], sys.argv[4])

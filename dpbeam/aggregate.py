@@ -169,7 +169,8 @@ def one_batch(parts: Sequence[pa.RecordBatch], schema: pa.Schema | None = None) 
     rows = sum(p.num_rows for p in parts)
     arrays = []
     for field in wide:
-        chunks = [p.column(field.name).cast(field.type) for p in parts if p.num_rows]
+        chunks = [c if c.type == field.type else c.cast(field.type)
+                  for c in (p.column(field.name) for p in parts if p.num_rows)]
         arrays.append(pa.concat_arrays(chunks) if chunks else pa.array([], type=field.type))
     out = pa.RecordBatch.from_arrays(arrays, schema=wide)
     if out.num_rows != rows:  # cannot happen with 64-bit offsets; never let a short batch through

@@ -111,8 +111,13 @@ def arrow_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
 
 class DatasetWriter:
     """Writes a stream of Arrow tables as a Parquet dataset: files of at most ``max_rows_per_file`` rows, row groups
-    of ``row_group_rows``, hive directories ``column=value`` when ``partition_by`` is given. Buffers at most one
-    file's worth of rows."""
+    of ``row_group_rows``, hive directories ``column=value`` when ``partition_by`` is given.
+
+    Memory is bounded by one row group (``row_group_rows`` rows) plus the table being written, whatever the number of
+    rows or the file size: rows are written as row groups as they come, through one open
+    :class:`pyarrow.parquet.ParquetWriter` per file (a new file starts when the open one holds ``max_rows_per_file``
+    rows). With ``partition_by`` each full row group is written as a dataset of its own (one file per partition value
+    and row group, named by the row group's index)."""
 
     def __init__(self, dir_uri: str, schema: pa.Schema, max_rows_per_file: int = 5_000_000,
                  row_group_rows: int = 1_000_000, partition_by: str | None = None):
@@ -125,36 +130,71 @@ class DatasetWriter:
         self.partitioning = (
             pads.partitioning(pa.schema([schema.field(partition_by)]), flavor="hive") if partition_by else None
         )
-        self.parts = 0
+        self.parts = 0  # files started (or, partitioned, row groups written)
         self.rows = 0
         self._buffer: list[pa.Table] = []
         self._buffered = 0
+        self._file: Any = None  # the open ParquetWriter
+        self._file_rows = 0
 
     def write(self, table: pa.Table) -> None:
-        self._buffer.append(table.cast(self.schema))
-        self._buffered += table.num_rows
+        table = table.cast(self.schema)
         self.rows += table.num_rows
-        if self._buffered >= self.max_rows_per_file:
-            self._flush()
+        while table.num_rows:
+            room = self.row_group_rows - self._buffered
+            head, table = table.slice(0, room), table.slice(room)
+            self._buffer.append(head)
+            self._buffered += head.num_rows
+            if self._buffered >= self.row_group_rows:
+                self._flush()
 
     def _flush(self) -> None:
-        import pyarrow.dataset as pads
-
-        if not self._buffer:
+        """Write the buffered rows (at most one row group) and empty the buffer."""
+        if not self._buffered:
+            self._buffer = []
             return
         data = pa.concat_tables(self._buffer)
         self._buffer, self._buffered = [], 0
+        if self.partitioning is not None:
+            self._write_partitioned(data)
+            return
+        while data.num_rows:
+            if self._file is None:
+                self._open_file()
+            room = self.max_rows_per_file - self._file_rows
+            head, data = data.slice(0, room), data.slice(room)
+            self._file.write_table(head, row_group_size=self.row_group_rows)
+            self._file_rows += head.num_rows
+            if self._file_rows >= self.max_rows_per_file:
+                self._close_file()
+
+    def _open_file(self) -> None:
+        import pyarrow.parquet as pq
+
+        name = f"{self.path}/part-{self.parts:05d}-0.parquet"
+        self._file = pq.ParquetWriter(name, self.schema, filesystem=self.fs, compression="zstd")
+        self._file_rows = 0
+        self.parts += 1
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _write_partitioned(self, data: pa.Table) -> None:
+        import pyarrow.dataset as pads
+
         pads.write_dataset(
             data, self.path, filesystem=self.fs, format="parquet", partitioning=self.partitioning,
             basename_template=f"part-{self.parts:05d}-{{i}}.parquet", existing_data_behavior="overwrite_or_ignore",
             max_rows_per_file=self.max_rows_per_file, max_rows_per_group=self.row_group_rows,
-            min_rows_per_group=self.row_group_rows,
             file_options=pads.ParquetFileFormat().make_write_options(compression="zstd"),
         )
         self.parts += 1
 
     def close(self) -> None:
         self._flush()
+        self._close_file()
 
 
 def read_dataset(uri: str, partition_by: str | None = None, schema: pa.Schema | None = None) -> pads.Dataset:

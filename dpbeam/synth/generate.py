@@ -1,6 +1,8 @@
 """Generation: rows from a fitted model, streamed in chunks to Parquet, committed atomically with a release statement.
 
-Post-processing only. Memory is bounded by the chunk size, not by the number of rows: each chunk is sampled,
+Post-processing only. Memory is bounded by the chunk size, not by the number of rows: at most ``LOOKAHEAD`` + 2
+chunks of ``DEFAULT_CHUNK_ROWS`` rows (two being prepared, one waiting, one being written) plus the writer's one row
+group (:class:`dpbeam.lake.DatasetWriter`) are held at a time. Each chunk is sampled,
 expanded from the model domain to the original codes and decoded to values on a worker thread, at most
 ``LOOKAHEAD`` chunks ahead of the writer, which takes them in order. Every chunk has its own seed (spawned from the
 job's seed by its index), so the rows do not depend on the threads.
@@ -27,7 +29,7 @@ from dpbeam.promise import statement_text
 from dpbeam.progress import Reporter
 from dpbeam.versions import library_versions
 
-DEFAULT_CHUNK_ROWS = 1_000_000
+DEFAULT_CHUNK_ROWS = 262_144  # one sampler block; the writer gathers chunks into full row groups
 LOOKAHEAD = 2  # chunks prepared ahead of the writer (numpy and Arrow release the GIL: the writer and they overlap)
 # A chunk holds at most this many cells (rows x columns), so that a wide table's chunk is no larger than a narrow
 # one's: at 100 columns a 1M-row chunk took the job's peak from 2.7 GB (after the fit) to 4.4 GB.
