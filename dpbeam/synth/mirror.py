@@ -111,6 +111,23 @@ class Problem:
         return self.loss_and_gradient(mu)[0]
 
 
+def independent_start(problem: Problem) -> list[np.ndarray]:
+    """Log-potentials of the independent model of the noisy 1-way measurements (zero elsewhere): each column's first
+    1-way measurement, unweighted (``values / weights``), clipped below at 0.5 and normalised, its log added to the
+    smallest maximal clique holding the column. The fit's answer when only 1-way marginals are measured, so a cold
+    fit starts where that answer is. Post-processing of noisy outputs only."""
+    pots = [np.zeros(problem.shapes[c]) for c in problem.cliques]
+    seen: set[str] = set()
+    for m, (home, _, lay) in zip(problem.measurements, problem.route):
+        if len(m.clique) != 1 or m.clique[0] in seen:
+            continue
+        seen.add(m.clique[0])
+        y = m.values if m.weights is None else m.values / m.weights
+        p = np.clip(y, 0.5, None)
+        pots[home] += np.log(p / p.sum()).reshape(lay)
+    return pots
+
+
 @dataclass
 class MirrorDescent:
     """State of the fit: log-potentials on the problem's maximal cliques, the step size, and the current marginals
