@@ -284,16 +284,18 @@ def fit_problem(
     warm_start: "PGMModel | None" = None,
     converge: bool = True,
     independent_start: bool = False,
+    growth: float | None = None,
 ) -> PGMModel:
     """:func:`fit` on a :class:`~dpbeam.synth.mirror.Problem` (measurements already in numpy), for callers that hold
     no artifact (AIM's rounds). Without a usable ``warm_start`` the potentials start at zero, or, with
     ``independent_start``, at the independent model of the noisy 1-way measurements
-    (:func:`dpbeam.synth.mirror.independent_start`). With ``converge=False`` exactly ``iters`` iterations run."""
+    (:func:`dpbeam.synth.mirror.independent_start`). With ``converge=False`` exactly ``iters`` iterations run.
+    ``growth``: the step-size growth on every accepted step (None: :meth:`MirrorDescent.start`'s default)."""
     start = _start(warm_start, problem)
     alpha = None if start is None else warm_start.step
     if start is None and independent_start:
         start = independent_start_of(problem)
-    state = MirrorDescent.start(problem, total, start, alpha)
+    state = MirrorDescent.start(problem, total, start, alpha, growth)
     tolerance = float(np.sqrt(sum(np.size(m.values) for m in problem.measurements) / 2))
     done, calm, last = 0, 0, np.inf
     while done < iters:
