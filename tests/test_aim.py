@@ -21,8 +21,8 @@ from dpbeam.privacy import aim
 from dpbeam.privacy.accountant import ZCDPAccountant
 from dpbeam.privacy.noise import gaussian_sigma
 from dpbeam.spec import WorkloadSpec, parse_spec
-from dpbeam.synth import warm_fit
 from dpbeam.synth.calibrate import NamedTable
+from dpbeam.synth.pgm import PGMModel
 
 SIZES = [4, 3, 5, 2, 6]
 DOM = TableDomain(tuple(BinnedDomain(f"c{i}", "int64", False, edges=tuple(range(s + 1))) for i, s in enumerate(SIZES)))
@@ -243,29 +243,40 @@ def _brute_joint(potentials, sizes, total):
     [("c0", "c1"), ("c2",), ("c3", "c4")],  # three components: independent across them
 ])
 def test_calibrated_marginals_match_the_joint(cliques):
+    """The numpy clique marginal of a model (one calibration) equals the brute-force joint's on every clique of 1 to
+    3 columns, across unconnected parts of the tree too (deterministic: exact up to float rounding)."""
     sizes = dict(zip(NAMES, SIZES))
     rng = np.random.default_rng(1)
     potentials = {c: rng.normal(size=[sizes[n] for n in c]) for c in cliques}
-    tree, order = warm_fit.junction_tree(sizes, cliques)
-    tables = warm_fit._marginals(sizes, tree, order, potentials, 1000.0)[0]
-    cal = warm_fit.Calibrated(tree, tables)
+    model = PGMModel.from_tables({c: NamedTable(c, t) for c, t in potentials.items()}, sizes, 1000.0, list(NAMES))
     joint = _brute_joint(potentials, sizes, 1000.0)
     for size in (1, 2, 3):
         for c in itertools.combinations(NAMES, size):
-            np.testing.assert_allclose(cal.marginal(c), joint.project(c).values, rtol=1e-9, atol=1e-9)
+            for order in (c, c[::-1]):  # axes follow the clique's order
+                np.testing.assert_allclose(model.clique_marginal(order), joint.project(order).values,
+                                           rtol=1e-9, atol=1e-9)
 
 
-def test_warm_fit_lowers_the_loss_and_warm_starts():
+def test_fit_lowers_the_loss_and_warm_starts():
     sizes = dict(zip(NAMES, SIZES))
     cubes = _cubes([("c0",), ("c1",), ("c0", "c1"), ("c1", "c2")])
     ms = [NoisyMarginal(c, cubes[c].astype(float), 1.0, "test", 0.0) for c in cubes]
-    cold = warm_fit.fit(sizes, ms, 5000.0, 0)
-    fitted = warm_fit.fit(sizes, ms, 5000.0, 300)
-    err = lambda m: np.abs(m.marginal(("c0", "c1")) - cubes[("c0", "c1")]).sum()  # noqa: E731
+    cold = aim._fit(ms, sizes, 5000.0, None, 0)
+    fitted = aim._fit(ms, sizes, 5000.0, None, 300)
+    assert fitted.iters == 300  # a hard cap, no convergence stop
+    err = lambda m: np.abs(m.clique_marginal(("c0", "c1")) - cubes[("c0", "c1")]).sum()  # noqa: E731
     # the independent start misses the c0-c1 dependence by thousands; 300 steps bring it within 2% of the table
     assert err(cold) > 2000 and err(fitted) < 100
-    warm = warm_fit.fit(sizes, ms, 5000.0, 0, warm_start=fitted)
-    np.testing.assert_allclose(warm.marginal(("c0", "c1")), fitted.marginal(("c0", "c1")), rtol=1e-9)
+    # the cold start is the independent model of the 1-way measurements: its 1-way marginals are theirs
+    np.testing.assert_allclose(cold.clique_marginal(("c0",)), cubes[("c0",)] * 5000.0 / cubes[("c0",)].sum(),
+                               rtol=1e-9)
+    warm = aim._fit(ms, sizes, 5000.0, fitted, 0)
+    np.testing.assert_allclose(warm.clique_marginal(("c0", "c1")), fitted.clique_marginal(("c0", "c1")), rtol=1e-9)
+    assert warm.step == fitted.step  # the step size carries over
+    # a new clique starts at zero: adding a measurement leaves the warm model's marginals where they were
+    more = ms + [NoisyMarginal(("c2", "c3"), _cubes([("c2", "c3")])[("c2", "c3")].astype(float), 1.0, "test", 0.0)]
+    grown = aim._fit(more, sizes, 5000.0, fitted, 0)
+    np.testing.assert_allclose(grown.clique_marginal(("c0", "c1")), fitted.clique_marginal(("c0", "c1")), rtol=1e-9)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from dpbeam.synth.forward import ForwardSampler
-from dpbeam.synth.calibrate import NamedTable, calibrate
+from dpbeam.synth.calibrate import NamedTable
+from dpbeam.synth.pgm import PGMModel
 
 SIZES = {"a": 4, "b": 3, "c": 5}
 
@@ -102,16 +103,40 @@ def test_zero_rows_and_an_unreachable_parent_cell():
 
 
 def test_calibration_matches_brute_force():
-    """Log-potentials on (a, b), (b, c) and (c,): the numpy junction-tree marginals equal the brute-force joint's."""
+    """Log-potentials on (a, b), (c, b) and (c,): the numpy clique-tree marginals, and the clique marginal of any
+    clique read from them, equal the brute-force joint's (exact up to float rounding)."""
     rng = np.random.default_rng(5)
     pots = [NamedTable(("a", "b"), rng.normal(size=(4, 3))), NamedTable(("c", "b"), rng.normal(size=(5, 3))),
             NamedTable(("c",), rng.normal(size=5))]
     joint = np.exp(pots[0].values[:, :, None] + pots[1].values.T[None, :, :] + pots[2].values[None, None, :])
     joint *= 1000 / joint.sum()
-    cliques = [("a", "b"), ("b", "c")]
-    out = calibrate(pots, cliques, [(("a", "b"), ("b", "c")), (("b", "c"), ("a", "b"))], SIZES, 1000.0)
-    np.testing.assert_allclose(out[("a", "b")], joint.sum(2), rtol=1e-10)
-    np.testing.assert_allclose(out[("b", "c")], joint.sum(0), rtol=1e-10)
+    sizes = {n: SIZES[n] for n in ("a", "b", "c")}
+    model = PGMModel.from_tables({t.names: t for t in pots}, sizes, 1000.0, ["a", "b", "c"])
+    np.testing.assert_allclose(model.clique_marginal(("a", "b")), joint.sum(2), rtol=1e-10)
+    np.testing.assert_allclose(model.clique_marginal(("b", "c")), joint.sum(0), rtol=1e-10)
+    np.testing.assert_allclose(model.clique_marginal(("c", "a")), joint.sum(1).T, rtol=1e-10)  # across cliques
+    np.testing.assert_allclose(model.clique_marginal(("c", "b", "a")), joint.transpose(2, 1, 0), rtol=1e-10)
+    with pytest.raises(ValueError, match="not columns of the model"):
+        model.clique_marginal(("a", "z"))
+
+
+def test_fixed_growth_applies_to_every_accepted_step():
+    """``growth`` replaces the doubling-then-1.01 rule: after n steps with a accepted and r rejected, the step is
+    alpha0 * growth^a * 0.5^r (deterministic)."""
+    from dpbeam.synth.mirror import Measured, MirrorDescent, Problem
+
+    rng = np.random.default_rng(2)
+    ms = [Measured(("a", "b"), rng.uniform(0, 100, 12), 1.0), Measured(("b", "c"), rng.uniform(0, 100, 15), 1.0)]
+    problem = Problem(["a", "b", "c"], {n: SIZES[n] for n in ("a", "b", "c")}, ms)
+    state = MirrorDescent.start(problem, 600.0, growth=1.1)
+    alpha0, accepted, rejected = state.alpha, 0, 0
+    for _ in range(20):
+        before = state.loss
+        state.step()
+        accepted += state.loss != before
+        rejected += state.loss == before
+    assert accepted > 0
+    assert state.alpha == pytest.approx(alpha0 * 1.1**accepted * 0.5**rejected, rel=1e-12)
 
 
 def _artifact(n: int = 4000, seed: int = 0):

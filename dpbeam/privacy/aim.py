@@ -10,7 +10,7 @@ The loop, all in one budget stage (``aim``, rho_A = its allotment), T = 16 d ini
    rho_1 = ONE_WAY_SHARE rho_A / d (AIM's alpha rho_A / T when the share is None). The rounds then start from
    rho_round = rho_L / T, rho_L what is left of rho_A. Rare codes (noisy count below 3 sigma) merge into one code per column, as in MST: a
    function of noisy counts only.
-2. Each round t: fit the model to every measurement so far (post-processing; :mod:`dpbeam.synth.warm_fit`, warm
+2. Each round t: fit the model to every measurement so far (post-processing; :func:`dpbeam.synth.pgm.fit_problem`, warm
    started), then
    - select r among the candidates whose model stays under a size cap, max_model_cells x (rho spent / rho_A): the
      junction tree of the measured cliques plus r, total cells of its maximal cliques. A candidate the model already
@@ -77,6 +77,9 @@ ONE_WAY_SHARE: float | None = 0.3
 # mirror-descent iterations per warm-started refit: at eps 1 on Adult 100 gave 0.0388 / 0.0878 against 30's 0.0406 /
 # 0.0909 (one run each) at three times the loop's CPU; at eps 10 100 took several CPU minutes
 ROUND_ITERS = 50
+# mirror descent's step-size growth after each accepted step in a refit: a refit runs only ROUND_ITERS iterations, so
+# the step must grow quickly (mbi's 1.01 barely moves it); 1.1 is what AIM's own estimator used before it was merged
+FIT_GROWTH = 1.1
 # rho_round grows by this factor on an anneal. AIM's 4 (sigma halves, the selection's epsilon doubles) ended Adult
 # runs after ~20 rounds; 2 gave 0.0317 / 0.0790 mean 2-way / 3-way TVD at eps 10 against 0.0343 / 0.0833 (one run each)
 ANNEAL = 2
@@ -184,11 +187,19 @@ def score(exact: np.ndarray, model: np.ndarray, weight: int, sigma: float) -> in
 def _fit(measurements: Sequence[NoisyMarginal], sizes: Mapping[str, int], total: float, warm_start: Any,
          max_iters: int) -> Any:
     """The one call into the estimator (post-processing on the trusted side; the reverse is what is forbidden): a
-    model fitted to every measurement, started from ``warm_start``'s potentials and step size (None: cold), at most
-    ``max_iters`` iterations; AIM reads only its ``.marginal(clique)`` (counts, axes in the clique's order)."""
-    from dpbeam.synth import warm_fit
+    Private-PGM model (:func:`dpbeam.synth.pgm.fit_problem`) fitted to every measurement by exactly ``max_iters``
+    mirror-descent iterations (no convergence stop), started from ``warm_start``'s potentials and step size (a clique
+    measured for the first time starts at zero) or, cold (None), from the independent model of the noisy 1-way
+    measurements. AIM reads only its ``.clique_marginal(clique)`` (counts, axes in the clique's order, numpy)."""
+    from dpbeam.synth import pgm
+    from dpbeam.synth.mirror import Measured, Problem
 
-    return warm_fit.fit(sizes, measurements, total, max_iters, warm_start=warm_start)
+    measured = [Measured(tuple(m.clique), np.asarray(m.values, dtype=np.float64).ravel(), float(m.stddev),
+                         None if m.weights is None else np.asarray(m.weights, dtype=np.float64).ravel())
+                for m in measurements]
+    problem = Problem(list(sizes), sizes, measured)
+    return pgm.fit_problem(problem, total, list(sizes), max_iters, warm_start=warm_start, converge=False,
+                           independent_start=True, growth=FIT_GROWTH)
 
 
 @dataclass(frozen=True)
@@ -296,7 +307,7 @@ def run_aim(
         covered = [{names[j] for j in c} for c in jtree.build(sizes, measured).cliques]
         fits = [r for r in candidates
                 if any(set(r) <= c for c in covered) or model_cells(sizes, measured + [r]) <= max(limit, now)]
-        before = {r: model.marginal(r) for r in fits}
+        before = {r: model.clique_marginal(r) for r in fits}
         scores = [score(exact[r], before[r], weights[r], sigma) for r in fits]
         idx, rho = exponential_mechanism(scores, sensitivity=delta, rho=rho_s)
         accountant.charge(STAGE, "exponential mechanism (Gumbel noisy max)", rho, candidates=len(fits),
@@ -306,7 +317,7 @@ def run_aim(
         accountant.charge(STAGE, "discrete Gaussian", rho, clique=list(r), sigma=sigma, sensitivity_l2=k)
         measurements.append(NoisyMarginal(r, noisy.astype(np.float64), sigma, "discrete Gaussian", rho))
         model = _fit(measurements, sizes, total, model, round_iters)
-        moved = float(np.abs(model.marginal(r) - before[r]).sum())
+        moved = float(np.abs(model.clique_marginal(r) - before[r]).sum())
         annealed = not last and moved <= EXPECTED_ABS * sigma * cells[r]
         if annealed:
             rho_round *= ANNEAL

@@ -21,6 +21,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from dpbeam.synth.calibrate import NamedTable
+
 Clique = tuple[str, ...]
 
 
@@ -209,3 +211,92 @@ class Inference:
             if s > 0:
                 b *= total / s
         return beliefs
+
+
+def clique_marginal(tree: CliqueTree, beliefs: Sequence[np.ndarray], clique: Sequence[str]) -> np.ndarray:
+    """The model's marginal (counts, axes in ``clique``'s order) on any clique of columns, from the calibrated tree
+    (``beliefs``: every tree clique's marginal, as :meth:`Inference.beliefs` gives them), in numpy.
+
+    Post-processing of a fitted model. A clique inside one tree clique is that clique's marginal, projected.
+    Otherwise, per connected part of the forest, variable elimination over the smallest subtree that touches every
+    column wanted there: its joint is the product of its node marginals over its separators' marginals (exact in a
+    junction tree), and each node's columns that neither the query nor its parent needs are summed out as soon as its
+    subtree is multiplied in (leaves first), so no table grows past (query columns) x (one clique). Parts of the
+    forest are independent in the model and are joined by an outer product over the total."""
+    clique = tuple(clique)
+    if len(set(clique)) != len(clique):
+        raise ValueError(f"a marginal's clique names each column once; got {clique}")
+    unknown = [n for n in clique if n not in tree.sizes]
+    if unknown:
+        raise ValueError(f"{unknown} are not columns of the model; use some of {list(tree.names)}")
+    tables = [NamedTable(c, b) for c, b in zip(tree.cliques, beliefs)]
+    want = set(clique)
+    inside = [i for i, c in enumerate(tree.cliques) if want <= set(c)]
+    if inside:
+        best = min(inside, key=lambda i: (tables[i].values.size, i))
+        return tables[best].project(clique).values
+    # each node's root (its connected part) and depth
+    root = list(range(len(tree.cliques)))
+    depth = [0] * len(tree.cliques)
+    for i in reversed(tree.upward):  # parents first
+        p = tree.parent[i]
+        if p >= 0:
+            root[i], depth[i] = root[p], depth[p] + 1
+    holders = {n: [i for i, c in enumerate(tree.cliques) if n in c] for n in clique}
+    parts: dict[int, list[str]] = {}
+    for n in clique:
+        parts.setdefault(root[holders[n][0]], []).append(n)
+    out: NamedTable | None = None
+    for cols in parts.values():
+        part = _connected_marginal(tree, tables, depth, holders, tuple(cols))
+        if out is None:
+            out = part
+        else:
+            total = float(out.values.sum())
+            out = out.times(NamedTable(part.names, part.values / total if total > 0 else part.values * 0.0))
+    assert out is not None
+    return out.project(clique).values
+
+
+def _path(tree: CliqueTree, depth: list[int], a: int, b: int) -> list[int]:
+    """The nodes on the tree path between ``a`` and ``b`` (same connected part)."""
+    left, right = [a], [b]
+    while a != b:
+        if depth[a] >= depth[b]:
+            a = tree.parent[a]
+            left.append(a)
+        else:
+            b = tree.parent[b]
+            right.append(b)
+    return left + right[:-1]
+
+
+def _connected_marginal(tree: CliqueTree, tables: list["NamedTable"], depth: list[int],
+                        holders: Mapping[str, list[int]], cols: Clique) -> "NamedTable":
+    start = min(holders[cols[0]], key=lambda i: (tables[i].values.size, i))
+    nodes = {start}
+    for n in cols[1:]:
+        if any(n in tree.cliques[i] for i in nodes):
+            continue
+        nodes.update(min((_path(tree, depth, start, h) for h in holders[n]), key=len))
+    want = set(cols)
+    adjacent: dict[int, list[int]] = {i: [] for i in nodes}
+    for i in nodes:
+        p = tree.parent[i]
+        if p in nodes:
+            adjacent[i].append(p)
+            adjacent[p].append(i)
+
+    def message(u: int, parent: int | None) -> NamedTable:
+        table = tables[u]
+        keep = set(want)
+        if parent is not None:
+            sep = tuple(n for n in tree.cliques[u] if n in tree.cliques[parent])
+            table = table.divided_by(table.project(sep))  # u's conditional given the separator
+            keep |= set(sep)
+        for v in adjacent[u]:
+            if v != parent:
+                table = table.times(message(v, u))
+        return table.project(tuple(n for n in table.names if n in keep))
+
+    return message(start, None).project(cols)

@@ -111,6 +111,23 @@ class Problem:
         return self.loss_and_gradient(mu)[0]
 
 
+def independent_start(problem: Problem) -> list[np.ndarray]:
+    """Log-potentials of the independent model of the noisy 1-way measurements (zero elsewhere): each column's first
+    1-way measurement, unweighted (``values / weights``), clipped below at 0.5 and normalised, its log added to the
+    smallest maximal clique holding the column. The fit's answer when only 1-way marginals are measured, so a cold
+    fit starts where that answer is. Post-processing of noisy outputs only."""
+    pots = [np.zeros(problem.shapes[c]) for c in problem.cliques]
+    seen: set[str] = set()
+    for m, (home, _, lay) in zip(problem.measurements, problem.route):
+        if len(m.clique) != 1 or m.clique[0] in seen:
+            continue
+        seen.add(m.clique[0])
+        y = m.values if m.weights is None else m.values / m.weights
+        p = np.clip(y, 0.5, None)
+        pots[home] += np.log(p / p.sum()).reshape(lay)
+    return pots
+
+
 @dataclass
 class MirrorDescent:
     """State of the fit: log-potentials on the problem's maximal cliques, the step size, and the current marginals
@@ -125,21 +142,28 @@ class MirrorDescent:
     loss: float
     grad: list[np.ndarray]
     growth: float = 2.0  # step-size growth on acceptance until the first rejection (then mbi's 1.01)
+    fixed_growth: float | None = None  # if set, the growth on every acceptance (see :meth:`start`)
 
     @classmethod
     def start(cls, problem: Problem, total: float, potentials: Sequence[np.ndarray] | None = None,
-              alpha: float | None = None) -> "MirrorDescent":
+              alpha: float | None = None, growth: float | None = None) -> "MirrorDescent":
         """From ``potentials`` (default zeros) and mbi's first step 2 / (L total), which then doubles on every
         accepted step until one is rejected. A warm start passes its previous ``alpha`` (the larger of it and mbi's
-        first step is taken) and grows by 1.01 from the start."""
+        first step is taken) and grows by 1.01 from the start. ``growth``, if given, is the growth after every
+        accepted step from the start, before and after a rejection (AIM's short refits use 1.1)."""
         pots = [np.zeros(problem.shapes[c]) for c in problem.cliques] if potentials is None else [
             np.array(p, dtype=np.float64) for p in potentials]
         mu, beliefs = problem.marginals(pots, total)
         loss, grad = problem.loss_and_gradient(mu)
         first = 2.0 / (problem.lipschitz * total)
         if alpha is None:
-            return cls(problem, total, pots, first, mu, beliefs, loss, grad)
-        return cls(problem, total, pots, max(first, float(alpha)), mu, beliefs, loss, grad, growth=1.01)
+            state = cls(problem, total, pots, first, mu, beliefs, loss, grad)
+        else:
+            state = cls(problem, total, pots, max(first, float(alpha)), mu, beliefs, loss, grad, growth=1.01)
+        state.fixed_growth = growth
+        if growth is not None:
+            state.growth = growth
+        return state
 
     def step(self) -> None:
         """One mirror-descent step with mbi's Armijo rule (see the module docstring)."""
@@ -152,7 +176,7 @@ class MirrorDescent:
             self.alpha *= self.growth
         else:
             self.alpha *= 0.5
-            self.growth = 1.01
+            self.growth = 1.01 if self.fixed_growth is None else self.fixed_growth
 
     def run(self, steps: int) -> None:
         for _ in range(steps):

@@ -23,6 +23,7 @@ from dpbeam.synth.calibrate import NamedTable
 from dpbeam.synth.cliquetree import Clique, CliqueTree, canonical
 from dpbeam.synth.forward import ForwardSampler
 from dpbeam.synth.mirror import Measured, MirrorDescent, Problem
+from dpbeam.synth.mirror import independent_start as independent_start_of
 
 ENGINE = "pgm"
 BLOCK = 50  # iterations between convergence checks and progress reports
@@ -155,6 +156,13 @@ class PGMModel:
         check of the numpy inference; compiles once per query)."""
         return np.asarray(self.model.project(clique).datavector(flatten=False))
 
+    def clique_marginal(self, clique: tuple[str, ...]) -> np.ndarray:
+        """The model's marginal (counts, model domain, axes in ``clique``'s order) on any clique, in numpy, from the
+        tree calibrated once (:func:`dpbeam.synth.cliquetree.clique_marginal`); :meth:`marginal` is mbi's check."""
+        from dpbeam.synth.cliquetree import clique_marginal
+
+        return clique_marginal(self.tree, [self.tree_marginals[c] for c in self.tree.cliques], clique)
+
     def pair_marginals(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], np.ndarray]:
         """The model's marginals (counts) on many pairs at once, from the junction tree calibrated once, in numpy.
 
@@ -263,11 +271,32 @@ def fit(
     loss has levelled off (see :data:`PATIENCE`). ``warm_start``, a model fitted to a subset of these measurements
     (e.g. the refinement's), is where the potentials start. ``progress(n)`` is called after each block with the
     iterations it ran. ``seed`` is unused: the fit is deterministic."""
-    problem = problem_of(artifact)
-    total = artifact.estimated_total()
+    return fit_problem(problem_of(artifact), artifact.estimated_total(), list(artifact.domain.names), iters,
+                       progress=progress, warm_start=warm_start, converge=converge)
+
+
+def fit_problem(
+    problem: Problem,
+    total: float,
+    names: list[str],
+    iters: int,
+    progress: Callable[[int], None] | None = None,
+    warm_start: "PGMModel | None" = None,
+    converge: bool = True,
+    independent_start: bool = False,
+    growth: float | None = None,
+) -> PGMModel:
+    """:func:`fit` on a :class:`~dpbeam.synth.mirror.Problem` (measurements already in numpy), for callers that hold
+    no artifact (AIM's rounds). Without a usable ``warm_start`` the potentials start at zero, or, with
+    ``independent_start``, at the independent model of the noisy 1-way measurements
+    (:func:`dpbeam.synth.mirror.independent_start`). With ``converge=False`` exactly ``iters`` iterations run.
+    ``growth``: the step-size growth on every accepted step (None: :meth:`MirrorDescent.start`'s default)."""
     start = _start(warm_start, problem)
-    state = MirrorDescent.start(problem, total, start, None if start is None else warm_start.step)
-    tolerance = convergence_tolerance(artifact)
+    alpha = None if start is None else warm_start.step
+    if start is None and independent_start:
+        start = independent_start_of(problem)
+    state = MirrorDescent.start(problem, total, start, alpha, growth)
+    tolerance = float(np.sqrt(sum(np.size(m.values) for m in problem.measurements) / 2))
     done, calm, last = 0, 0, np.inf
     while done < iters:
         n = min(BLOCK, iters - done)
@@ -280,5 +309,4 @@ def fit(
         if converge and calm >= PATIENCE:
             break
     tables = {c: NamedTable(c, p) for c, p in zip(problem.cliques, state.potentials)}
-    return PGMModel.from_tables(tables, problem.sizes, total, list(artifact.domain.names), iters=done,
-                                tree=problem.tree, step=state.alpha)
+    return PGMModel.from_tables(tables, problem.sizes, total, names, iters=done, tree=problem.tree, step=state.alpha)
