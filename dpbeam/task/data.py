@@ -21,7 +21,6 @@ import numpy as np
 import pyarrow as pa
 
 from dpbeam.aggregate import UNIT_H1, UNIT_H2, _EncodedRows
-from dpbeam.domain import TableDomain
 
 # A summary: the code matrices of bounded rows and, for unit-level jobs, their two unit-hash words.
 Rows = list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]
