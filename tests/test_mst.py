@@ -10,7 +10,15 @@ import pytest
 from dpbeam.domain import BinnedDomain, TableDomain
 from dpbeam.marginals import count_cliques
 from dpbeam.privacy.accountant import ZCDPAccountant
-from dpbeam.privacy.mst import compress_cube, compress_rare, mst_plan, project_simplex, required_cliques, run_mst
+from dpbeam.privacy.mst import (
+    LOW_SIGNAL_SPLIT,
+    compress_cube,
+    compress_rare,
+    mst_plan,
+    project_simplex,
+    required_cliques,
+    run_mst,
+)
 
 SIZES = [4, 3, 5, 2, 6]
 DOM = TableDomain(tuple(BinnedDomain(f"c{i}", "int64", False, edges=tuple(range(s + 1))) for i, s in enumerate(SIZES)))
@@ -141,8 +149,8 @@ def test_pair_marginals_match_variable_elimination():
 
 def test_refinement_dropped_when_noise_would_swamp_it(monkeypatch):
     """At eps = 0.01 on 5,000 rows a refined pair's expected noise (sigma ~ 2,900, median 15 cells: ~7 times the row
-    count) is far above the limit of 2: after the row count, refinement is dropped and MST gets the rest in thirds;
-    the total spent is unchanged.
+    count) is far above the limit of 2: after the row count, refinement is dropped and MST gets the rest in its
+    low-signal split (most of it to the 1-way marginals); the total spent is unchanged.
 
     The rule is tested on the exact count: the noisy count's own noise (sigma ~ 4,900 at 1% of rho) crosses the
     limit (~12,500) about 6% of the time whatever the epsilon, since both scale as 1/sqrt(rho). So the count's noise
@@ -161,11 +169,17 @@ def test_refinement_dropped_when_noise_would_swamp_it(monkeypatch):
     assert decide_refinement(cubes, DOM, 1, acc) is False
     assert "refine" not in acc.plan and acc.spent("total") > 0
     free = acc.rho - acc.allotted("total")
-    for stage in ("mst.one_way", "mst.select", "mst.measure"):
-        assert acc.allotted(stage) == pytest.approx(free / 3)
-    run_mst(cubes, DOM, 1, acc)
+    for stage, share in LOW_SIGNAL_SPLIT.items():
+        assert acc.allotted(f"mst.{stage}") == pytest.approx(free * share)
+    assert acc.allotted("mst.one_way") > acc.allotted("mst.measure") > 0
+    d = len(SIZES)
+    result = run_mst(cubes, DOM, 1, acc)
     assert acc.spent() == pytest.approx(acc.rho, rel=1e-9)
-    assert acc.record()["reallocations"][0]["after"]["mst.one_way"] == pytest.approx(free / 3 / acc.rho)
+    assert acc.record()["reallocations"][0]["after"]["mst.one_way"] == pytest.approx(free * 0.6 / acc.rho)
+    # the scales follow the new split: sigma_1 = k sqrt(d / (2 rho_1)), sigma_3 = k sqrt((d - 1) / (2 rho_3))
+    sigmas = {len(m.clique): m.stddev for m in result.measurements}
+    assert sigmas[1] == pytest.approx(math.sqrt(d / (2 * free * 0.6)), rel=1e-9)
+    assert sigmas[2] == pytest.approx(math.sqrt((d - 1) / (2 * free * 0.2)), rel=1e-9)
 
 
 def test_refinement_kept_when_signal_is_strong():

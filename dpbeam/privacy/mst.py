@@ -40,6 +40,12 @@ DEFAULT_SPLIT = {"one_way": 1 / 3, "select": 1 / 3, "measure": 1 / 3}
 # evenly over MST's stages gave 0.0388/0.0873 with one round of 2(d-1) cliques; 1/3 with d-1 cliques 0.0412/0.0914;
 # 2 rounds of d-1 0.0392/0.0883; half the budget on 1-way and selection 0.0441/0.0953.
 DEFAULT_REFINED_SPLIT = {"one_way": 0.2, "select": 0.2, "measure": 0.2, "refine": 0.4}
+# When refinement does not pay (:func:`dpbeam.privacy.refine.refinement_pays`: a candidate pair's expected noise is
+# above twice the noisy row count), the 2-way measurements are mostly noise too, and the 1-way marginals carry most
+# of what can be learned: MST then runs with this split instead of thirds. Chosen on nlswork and movielens at eps = 1
+# with by-hand domains (2-way TVD 3% and 2% below thirds; 0.8 one-way no better): benchmarks/RESULTS.md, issue 8,
+# third pass.
+LOW_SIGNAL_SPLIT = {"one_way": 0.6, "select": 0.2, "measure": 0.2}
 STAGES = ("mst.one_way", "mst.select", "mst.measure")
 
 Progress = Callable[[str], None]

@@ -66,8 +66,10 @@ def decide_refinement(
     per_round: int | None = None, rounds: int = 1,
 ) -> bool:
     """Release a noisy row count (the ``total`` stage: one discrete Gaussian, L2 sensitivity k) and decide from it
-    whether refinement pays. If not, every stage that has not spent is replanned to MST's default thirds."""
-    from dpbeam.privacy.mst import DEFAULT_SPLIT
+    whether refinement pays. If not, every stage that has not spent is replanned to MST's low-signal split
+    (:data:`dpbeam.privacy.mst.LOW_SIGNAL_SPLIT`): the choice reads only the noisy count and public sizes, so the
+    replan keeps the privacy-filter argument of :meth:`ZCDPAccountant.replan`."""
+    from dpbeam.privacy.mst import LOW_SIGNAL_SPLIT
 
     first = domain.names[0]
     exact = np.asarray([int(cubes[(first,)].sum())])
@@ -78,7 +80,7 @@ def decide_refinement(
     per_round = per_round or max(1, 2 * (len(sizes) - 1))
     if refinement_pays(sizes, max(1.0, float(noisy[0])), accountant.allotted(STAGE) / rounds, k, per_round):
         return True
-    accountant.replan({f"mst.{s}": f for s, f in DEFAULT_SPLIT.items()})
+    accountant.replan({f"mst.{s}": f for s, f in LOW_SIGNAL_SPLIT.items()})
     return False
 
 
