@@ -63,7 +63,7 @@ from dpbeam.errors import SpecError
 from dpbeam.marginals import Clique
 from dpbeam.measurements import NoisyMarginal, estimated_total
 from dpbeam.privacy.accountant import ZCDPAccountant
-from dpbeam.privacy.mst import compress_cube, compress_rare
+from dpbeam.privacy.mst import compress_cube, compress_rare, compressed_one_way
 from dpbeam.privacy.noise import add_discrete_gaussian, gaussian_sigma
 from dpbeam.privacy.selection import exponential_mechanism, l1_score
 
@@ -225,12 +225,7 @@ def _measure_one_way(cubes, names, k, sigma, accountant) -> tuple[list[NoisyMarg
             out.append(NoisyMarginal((n,), y, sigma, "discrete Gaussian", rhos[n]))
             continue
         compression[n] = mapping
-        merged = mapping == mapping.max()
-        m = int(merged.sum())
-        y2 = np.append(y[~merged], y[merged].sum())
-        weights = np.ones(len(y2))
-        weights[-1] = 1.0 / math.sqrt(m)  # the merged cell's noisy sum has scale sqrt(m) sigma: rescaled to sigma
-        out.append(NoisyMarginal((n,), y2 * weights, sigma, "discrete Gaussian", rhos[n], weights=weights))
+        out.append(compressed_one_way(n, noisy[n], mapping, sigma, rhos[n])[0])
     return out, compression
 
 

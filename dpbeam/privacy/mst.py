@@ -100,6 +100,21 @@ def compress_rare(noisy: np.ndarray, threshold: float) -> np.ndarray | None:
     return mapping
 
 
+def compressed_one_way(
+    column: str, noisy: np.ndarray, mapping: np.ndarray, sigma: float, rho: float
+) -> tuple[NoisyMarginal, np.ndarray]:
+    """A noisy 1-way marginal in the compressed domain of ``mapping`` (post-processing of ``noisy``, already charged
+    at ``rho``): the kept codes as they are and the merged codes' noisy sum, scaled by 1/sqrt(m) (m merged codes) so
+    the measurement keeps noise scale ``sigma``. Returns the measurement and the unscaled compressed counts."""
+    y = noisy.astype(np.float64)
+    merged = mapping == mapping.max()
+    m = int(merged.sum())
+    counts = np.append(y[~merged], y[merged].sum())
+    weights = np.ones(len(counts))
+    weights[-1] = 1.0 / np.sqrt(m)
+    return NoisyMarginal((column,), counts * weights, sigma, "discrete Gaussian", rho, weights=weights), counts
+
+
 def compress_cube(cube: np.ndarray, clique: Clique, compression: Mapping[str, np.ndarray]) -> np.ndarray:
     """Sum the cells of a cube that compression merges (axis by axis)."""
     out = cube
@@ -180,13 +195,8 @@ def run_mst(
             measurements.append(NoisyMarginal((n,), y, sigma1, "discrete Gaussian", rho))
             model_one_way[n] = y
             continue
-        merged = mapping == mapping.max()
-        m = int(merged.sum())
-        y2 = np.append(y[~merged], y[merged].sum())
-        model_one_way[n] = y2
-        weights = np.ones(len(y2))
-        weights[-1] = 1.0 / np.sqrt(m)
-        measurements.append(NoisyMarginal((n,), y2 * weights, sigma1, "discrete Gaussian", rho, weights=weights))
+        measurement, model_one_way[n] = compressed_one_way(n, y, mapping, sigma1, rho)
+        measurements.append(measurement)
 
     tree: list[tuple[str, str]] = []
     if d >= 2:
