@@ -119,3 +119,21 @@ def spark(tmp_path_factory):
     )
     yield session
     session.stop()
+
+
+def tiny_spec(tmp_path, ledger_uri: str | None, **output) -> dict:
+    """Two columns, plain MST, a few iterations: the ledger is what is under test, not the synthesis."""
+    src = tmp_path / "users.parquet"
+    if not src.exists():
+        pq.write_table(small_table(n=300, units=60), src)
+    spec = {
+        "name": "tiny",
+        "source": {"uri": str(src)},
+        "privacy": {"unit": {"column": "user_id"}, "epsilon": 1.0, "delta": 1e-6, "max_rows_per_unit": 2},
+        "columns": {"color": {"kind": "categorical", "values": ["red", "green", "blue"]}, "active": {"kind": "boolean"}},
+        "synthesizer": {"method": "mst", "iters": 10},
+        "output": {"uri": str(tmp_path / "out"), "rows": 200, **output},
+    }
+    if ledger_uri:
+        spec["ledger"] = {"uri": ledger_uri, "dataset": "users"}
+    return spec

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import json
 
-import pyarrow.parquet as pq
 import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import small_table
+from conftest import tiny_spec
 from dpbeam.cli import app
 from dpbeam.privacy.ledger import Ledger, LedgerError
 
@@ -20,18 +19,9 @@ runner = CliRunner()
 
 
 def write_spec(tmp_path, url: str) -> str:
-    """Two columns with public domains (no discovery), a ledger section; written as YAML as a scheduler would."""
-    src = tmp_path / "users.parquet"
-    pq.write_table(small_table(n=300, units=60), src)
-    spec = {
-        "name": "tiny",
-        "source": {"uri": str(src)},
-        "privacy": {"unit": {"column": "user_id"}, "epsilon": 1.0, "delta": 1e-6, "max_rows_per_unit": 2},
-        "columns": {"color": {"kind": "categorical", "values": ["red", "green", "blue"]}, "active": {"kind": "boolean"}},
-        "synthesizer": {"method": "mst", "iters": 10},
-        "output": {"uri": str(tmp_path / "out"), "rows": 200},
-        "ledger": {"uri": url, "dataset": "users"},
-    }
+    """The ledger tests' tiny spec (public domains, no discovery) with a ledger section, written as YAML as a
+    scheduler would."""
+    spec = tiny_spec(tmp_path, url)
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     return str(path)
