@@ -5,7 +5,8 @@ It is a directory a person can read:
     manifest.json          what made it: method, spec hash, library versions (no time: see below)
     privacy.json           the privacy record: unit, adjacency, k, epsilon, delta, rho and every charge
     domain.json            public column domains, and the compression of rare codes chosen from noisy 1-way counts
-    measurements.parquet   one row per noisy marginal: clique, shape, noisy values, noise scale, query weights
+    measurements.parquet   one row per noisy marginal: clique, shape, noisy values, noise scale, query weights and
+                           groups (a coarse measurement's code -> group maps)
     rounds.json            AIM only: the round log (clique selected, sigma, rho of selection and measurement)
     _SUCCESS               written last
 
@@ -40,7 +41,9 @@ class NoisyMarginal:
 
     ``values`` has the clique's shape. ``weights``, when set, says the measured vector is ``weights * marginal``
     (flattened), as MST does for a merged cell of rare values; otherwise the measurement is the marginal itself.
-    ``stddev`` is the noise scale of every entry of ``values``.
+    ``groups``, when set, makes it a coarse measurement: ``groups[i]`` maps the model codes of the clique's i-th
+    column to group codes, and ``values`` (shape: the groups') holds the marginal's cells summed within groups
+    (:mod:`dpbeam.privacy.resolution`). ``stddev`` is the noise scale of every entry of ``values``.
     """
 
     clique: tuple[str, ...]
@@ -49,6 +52,7 @@ class NoisyMarginal:
     mechanism: str
     rho: float
     weights: np.ndarray | None = None
+    groups: tuple[np.ndarray, ...] | None = None
 
 
 def estimated_total(measurements: Sequence[NoisyMarginal]) -> float:
@@ -141,6 +145,10 @@ class MeasurementsArtifact:
                         [None if m.weights is None else m.weights.ravel().tolist() for m in self.measurements],
                         type=pa.list_(pa.float64()),
                     ),
+                    "groups": pa.array(
+                        [None if m.groups is None else [g.tolist() for g in m.groups] for m in self.measurements],
+                        type=pa.list_(pa.list_(pa.int64())),
+                    ),
                     "mechanism": pa.array([m.mechanism for m in self.measurements], type=pa.string()),
                     "rho": pa.array([m.rho for m in self.measurements], type=pa.float64()),
                 }
@@ -170,6 +178,7 @@ class MeasurementsArtifact:
                 mechanism=r["mechanism"],
                 rho=r["rho"],
                 weights=None if r["weights"] is None else np.asarray(r["weights"], dtype=np.float64).reshape(r["shape"]),
+                groups=None if r.get("groups") is None else tuple(np.asarray(g, dtype=np.int64) for g in r["groups"]),
             )
             for r in rows
         )

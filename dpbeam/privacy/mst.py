@@ -130,6 +130,27 @@ def compress_cube(cube: np.ndarray, clique: Clique, compression: Mapping[str, np
     return out
 
 
+def measure_pair(
+    pair: tuple[str, str], cubes: Mapping[Clique, np.ndarray], domain: TableDomain,
+    compression: Mapping[str, np.ndarray], one_way: Mapping[str, np.ndarray], total: float, sigma: float, k: int,
+    accountant: ZCDPAccountant, stage: str,
+) -> NoisyMarginal:
+    """One 2-way marginal (compressed domain), discrete Gaussian at ``sigma``; on groups of codes when the whole
+    pair's cells would drown in the noise (:func:`dpbeam.privacy.resolution.pair_groups`, chosen from the noisy
+    1-way counts ``one_way`` and noisy ``total``: post-processing). Either way the measured cube moves by at most k
+    in L2 when one unit is added or removed, so it costs rho = k^2 / (2 sigma^2), charged to ``stage``."""
+    from dpbeam.privacy.resolution import coarse_cube, pair_groups
+
+    exact = compress_cube(cubes[pair], pair, compression)
+    groups = pair_groups(pair, domain, compression, one_way, sigma, total)
+    if groups is not None:
+        exact = coarse_cube(exact, groups)
+    noisy, rho = add_discrete_gaussian(exact, sigma, k)
+    accountant.charge(stage, "discrete Gaussian", rho, clique=list(pair), sigma=sigma, sensitivity_l2=k,
+                      **({"groups": [int(g.max()) + 1 for g in groups]} if groups is not None else {}))
+    return NoisyMarginal(pair, noisy.astype(np.float64), sigma, "discrete Gaussian", rho, groups=groups)
+
+
 def project_simplex(v: np.ndarray, total: float) -> np.ndarray:
     """The Euclidean projection of v onto {x >= 0, sum(x) = total} (Duchi et al. 2008)."""
     if total <= 0:
@@ -231,9 +252,7 @@ def run_mst(
         sigma3 = gaussian_sigma(rho3 / (d - 1), k)
         say(f"measuring {d - 1} two-way marginals (sigma={sigma3:.3g})")
         for a, b in tree:
-            exact = compress_cube(cubes[(a, b)], (a, b), compression)
-            noisy, rho = add_discrete_gaussian(exact, sigma3, k)
-            accountant.charge("mst.measure", "discrete Gaussian", rho, clique=[a, b], sigma=sigma3, sensitivity_l2=k)
-            measurements.append(NoisyMarginal((a, b), noisy.astype(np.float64), sigma3, "discrete Gaussian", rho))
+            measurements.append(measure_pair((a, b), cubes, domain, compression, model_one_way, total, sigma3, k,
+                                             accountant, "mst.measure"))
 
     return MSTResult(tuple(measurements), compression, tuple(tree))

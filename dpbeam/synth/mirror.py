@@ -19,7 +19,7 @@ accepted move are those of the next step, so each step runs inference once (mbi 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -28,12 +28,36 @@ from dpbeam.synth.cliquetree import Clique, CliqueTree, Inference, broadcast_sha
 
 @dataclass(frozen=True)
 class Measured:
-    """One noisy linear measurement of a marginal: ``y = w * mu_clique + noise`` (flat, clique in column order)."""
+    """One noisy linear measurement of a marginal: ``y = w * Q mu_clique + noise`` (flat, clique in column order).
+
+    ``Q`` is the identity unless ``groups`` is given: then ``groups[i]`` maps the codes of the clique's i-th column to
+    group codes, and ``Q`` sums the marginal's cells over groups (a coarse measurement: ``values`` has the groups'
+    shape)."""
 
     clique: Clique
     values: np.ndarray
     stddev: float
     weights: np.ndarray | None = None
+    groups: tuple[np.ndarray, ...] | None = None
+
+    @classmethod
+    def of(cls, m: Any) -> "Measured":
+        """From a :class:`dpbeam.measurements.NoisyMarginal` (flattened, as the fit takes it)."""
+        return cls(tuple(m.clique), np.asarray(m.values, dtype=np.float64).ravel(), float(m.stddev),
+                   None if m.weights is None else np.asarray(m.weights, dtype=np.float64).ravel(),
+                   None if m.groups is None else tuple(np.asarray(g, dtype=np.int64) for g in m.groups))
+
+    @property
+    def shape(self) -> tuple[int, ...] | None:
+        """The measured shape when the measurement is coarse (groups), else None (the clique's own shape)."""
+        return None if self.groups is None else tuple(int(g.max()) + 1 for g in self.groups)
+
+
+def group_index(groups: Sequence[np.ndarray]) -> np.ndarray:
+    """For a marginal whose i-th axis has codes mapped by ``groups[i]``: the flat group cell of every flat cell (C
+    order), so that ``np.bincount(index, weights=marginal.ravel())`` is the coarse marginal."""
+    gshape = tuple(int(g.max()) + 1 for g in groups)
+    return np.ravel_multi_index(np.ix_(*[np.asarray(g, dtype=np.int64) for g in groups]), gshape).ravel()
 
 
 def maximal(cliques: Sequence[Clique]) -> list[Clique]:
@@ -59,6 +83,8 @@ class Problem:
         self.inference = Inference(self.tree, self.cliques)
         shapes = {c: tuple(self.sizes[n] for n in c) for c in self.cliques}
         self.shapes = shapes
+        # a coarse measurement's flat group cell of each flat cell of its clique (None: the measurement is the marginal)
+        self.coarse = [None if m.groups is None else group_index(m.groups) for m in self.measurements]
         # each measurement is read from the smallest maximal clique holding it
         self.route = []
         for m in self.measurements:
@@ -66,10 +92,13 @@ class Problem:
             home = min(holding, key=lambda i: (int(np.prod(shapes[self.cliques[i]])), i))
             c = self.cliques[home]
             self.route.append((home, sum_axes(c, m.clique), broadcast_shape(m.clique, c, self.sizes)))
-        # mbi's Lipschitz bound (exact for plain marginals): max over maximal cliques of sum ||w||^2 / sigma^2 |C|/|c|
+        # mbi's Lipschitz bound (exact for plain marginals): max over maximal cliques of sum ||w||^2 / sigma^2 |C|/|c|;
+        # a coarse measurement's Q^T Q has largest eigenvalue its largest group's cells
         blocks: dict[Clique, float] = {}
-        for m, (home, _, _) in zip(self.measurements, self.route):
+        for m, (home, _, _), idx in zip(self.measurements, self.route, self.coarse):
             w2 = 1.0 if m.weights is None else float(np.max(m.weights**2))
+            if idx is not None:
+                w2 *= float(np.bincount(idx).max())
             ratio = float(np.prod(shapes[self.cliques[home]]) / np.prod([self.sizes[n] for n in m.clique]))
             blocks[home] = blocks.get(home, 0.0) + w2 / max(m.stddev, 1e-12) ** 2 * ratio
         self.lipschitz = max(blocks.values()) if blocks else 1.0
@@ -78,15 +107,21 @@ class Problem:
 
     def _canonical(self, m: Measured) -> Measured:
         c = canonical(self.sizes, m.clique)
-        shape = tuple(self.sizes[n] for n in m.clique)
+        shape = m.shape or tuple(self.sizes[n] for n in m.clique)
         perm = [m.clique.index(n) for n in c]
+        if m.groups is not None:
+            for g, n in zip(m.groups, m.clique):
+                if len(g) != self.sizes[n]:
+                    raise ValueError(f"a coarse measurement on {m.clique} maps {len(g)} codes of {n}, the model "
+                                     f"domain has {self.sizes[n]}")
 
         def move(v: np.ndarray | None) -> np.ndarray | None:
             if v is None:
                 return None
             return np.ascontiguousarray(np.asarray(v, dtype=np.float64).reshape(shape).transpose(perm)).ravel()
 
-        return Measured(c, move(m.values), float(m.stddev), move(m.weights))
+        groups = None if m.groups is None else tuple(m.groups[i] for i in perm)
+        return Measured(c, move(m.values), float(m.stddev), move(m.weights), groups)
 
     def marginals(self, potentials: Sequence[np.ndarray], total: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """(marginals on the maximal measured cliques, marginals on the tree's cliques)."""
@@ -96,15 +131,17 @@ class Problem:
     def loss_and_gradient(self, mu: Sequence[np.ndarray]) -> tuple[float, list[np.ndarray]]:
         grad = [np.zeros_like(x) for x in mu]
         loss = 0.0
-        for m, (home, axes, lay) in zip(self.measurements, self.route):
+        for m, (home, axes, lay), idx in zip(self.measurements, self.route, self.coarse):
             here = mu[home]
             proj = project(here, axes).ravel()
+            if idx is not None:
+                proj = np.bincount(idx, weights=proj, minlength=m.values.size)
             sigma2 = max(m.stddev, 1e-12) ** 2
             fitted = proj if m.weights is None else proj * m.weights
             diff = fitted - m.values
             loss += 0.5 * float(diff @ diff) / sigma2
             g = diff / sigma2 if m.weights is None else diff * m.weights / sigma2
-            grad[home] += g.reshape(lay)
+            grad[home] += (g if idx is None else g[idx]).reshape(lay)
         return loss, grad
 
     def loss(self, mu: Sequence[np.ndarray]) -> float:
@@ -119,7 +156,7 @@ def independent_start(problem: Problem) -> list[np.ndarray]:
     pots = [np.zeros(problem.shapes[c]) for c in problem.cliques]
     seen: set[str] = set()
     for m, (home, _, lay) in zip(problem.measurements, problem.route):
-        if len(m.clique) != 1 or m.clique[0] in seen:
+        if len(m.clique) != 1 or m.clique[0] in seen or m.groups is not None:
             continue
         seen.add(m.clique[0])
         y = m.values if m.weights is None else m.values / m.weights

@@ -55,12 +55,7 @@ def junction_tree_cells(artifact: MeasurementsArtifact) -> int:
 
 def problem_of(artifact: MeasurementsArtifact) -> Problem:
     """The artifact's measurements as a fitting problem over its model domain."""
-    measured = [
-        Measured(tuple(m.clique), np.asarray(m.values, dtype=np.float64).ravel(), float(m.stddev),
-                 None if m.weights is None else np.asarray(m.weights, dtype=np.float64).ravel())
-        for m in artifact.measurements
-    ]
-    return Problem(artifact.domain.names, artifact.model_sizes, measured)
+    return Problem(artifact.domain.names, artifact.model_sizes, [Measured.of(m) for m in artifact.measurements])
 
 
 @dataclass

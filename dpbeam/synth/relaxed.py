@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from dpbeam.measurements import MeasurementsArtifact
+from dpbeam.synth.mirror import group_index
 
 # A batched einsum for wide cliques materializes [K, cliques, product of all but the last axis]; cap its elements.
 EINSUM_BUDGET = 1 << 26
@@ -62,6 +63,10 @@ class RelaxedProblem:
     two_a: torch.Tensor
     two_b: torch.Tensor
     wide: tuple[WideGroup, ...]
+    # coarse measurements (groups of codes): the measured entry each index above adds into, None when every
+    # measured entry is one cell (then one_a/one_b, two_a/two_b align with one_idx, two_idx)
+    one_slot: torch.Tensor | None = None
+    two_slot: torch.Tensor | None = None
 
     @property
     def bins(self) -> int:
@@ -69,7 +74,7 @@ class RelaxedProblem:
 
     @property
     def measured_entries(self) -> int:
-        return int(self.one_idx.numel() + self.two_idx.numel() + sum(g.a.numel() for g in self.wide))
+        return int(self.one_a.numel() + self.two_a.numel() + sum(g.a.numel() for g in self.wide))
 
 
 def build_problem(artifact: MeasurementsArtifact, device: torch.device | str, rows: int) -> RelaxedProblem:
@@ -91,25 +96,36 @@ def build_problem(artifact: MeasurementsArtifact, device: torch.device | str, ro
         pad = torch.where(torch.as_tensor(mask), 0.0, float("-inf")).to(device=device, dtype=torch.float32)
         keep = torch.as_tensor(np.flatnonzero(mask.ravel()), device=device)
 
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("i1", "a1", "b1", "i2", "a2", "b2")}
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("i1", "s1", "a1", "b1", "i2", "s2", "a2", "b2")}
+    slots = {"1": 0, "2": 0}
+    coarse = False
     by_shape: dict[tuple[int, ...], list] = {}
     for m in artifact.measurements:
         cols = [col[n] for n in m.clique]
         shape = tuple(sizes[j] for j in cols)
-        if tuple(m.values.shape) != shape:
+        measured = shape if m.groups is None else tuple(int(g.max()) + 1 for g in m.groups)
+        if tuple(m.values.shape) != measured or (m.groups is not None and tuple(len(g) for g in m.groups) != shape):
             raise ValueError(f"measurement on {m.clique} has shape {m.values.shape}, the model domain says {shape}")
-        w = np.ones(shape) if m.weights is None else np.asarray(m.weights, dtype=np.float64).reshape(shape)
+        w = np.ones(measured) if m.weights is None else np.asarray(m.weights, dtype=np.float64).reshape(measured)
         a, b = (w * scale / m.stddev).ravel(), (np.asarray(m.values, dtype=np.float64) / m.stddev).ravel()
-        if len(cols) == 1:
-            parts["i1"].append(offsets[cols[0]] + np.arange(shape[0]))
-            parts["a1"].append(a)
-            parts["b1"].append(b)
-        elif len(cols) == 2:
-            r = offsets[cols[0]] + np.arange(shape[0])
-            c = offsets[cols[1]] + np.arange(shape[1])
-            parts["i2"].append((r[:, None] * bins + c[None, :]).ravel())
-            parts["a2"].append(a)
-            parts["b2"].append(b)
+        # the measured entry (slot) each cell of the clique adds into: itself, or its group's
+        slot = np.arange(int(np.prod(shape))) if m.groups is None else group_index(m.groups)
+        coarse = coarse or m.groups is not None
+        if len(cols) in (1, 2):
+            key = str(len(cols))
+            if len(cols) == 1:
+                parts["i1"].append(offsets[cols[0]] + np.arange(shape[0]))
+            else:
+                r = offsets[cols[0]] + np.arange(shape[0])
+                c = offsets[cols[1]] + np.arange(shape[1])
+                parts["i2"].append((r[:, None] * bins + c[None, :]).ravel())
+            parts["s" + key].append(slots[key] + slot)
+            slots[key] += a.size
+            parts["a" + key].append(a)
+            parts["b" + key].append(b)
+        elif m.groups is not None:
+            raise ValueError(f"the torch engine takes coarse measurements of one or two columns; {m.clique} has "
+                             f"{len(cols)}: use synthesizer.engine: pgm")
         else:
             by_shape.setdefault(shape, []).append((cols, a, b))
 
@@ -136,7 +152,8 @@ def build_problem(artifact: MeasurementsArtifact, device: torch.device | str, ro
         names=names, sizes=sizes, offsets=offsets, width=width, rows=rows, total=total, pad=pad,
         keep=keep, one_idx=cat("i1", torch.long), one_a=cat("a1", torch.float32), one_b=cat("b1", torch.float32),
         two_idx=cat("i2", torch.long), two_a=cat("a2", torch.float32), two_b=cat("b2", torch.float32),
-        wide=tuple(wide),
+        wide=tuple(wide), one_slot=cat("s1", torch.long) if coarse else None,
+        two_slot=cat("s2", torch.long) if coarse else None,
     )
 
 
@@ -191,6 +208,14 @@ def wide_marginals(probs: torch.Tensor, group: WideGroup) -> torch.Tensor:
     return torch.einsum(",".join(f"zn{x}" for x in axes) + f"->n{axes}", *ops)
 
 
+def _slots(cells: torch.Tensor, slot: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """The measured entries from the clique cells: the cells themselves, or their sums within each coarse
+    measurement's groups."""
+    if slot is None:
+        return cells
+    return like.new_zeros(like.shape).index_add(0, slot, cells)
+
+
 def loss(logits: torch.Tensor, problem: RelaxedProblem, bf16: bool = False) -> torch.Tensor:
     """``sum ||(w * marginal - y) / sigma||^2`` over every measurement; a pure function of the logits."""
     if logits.shape[0] != problem.rows:
@@ -199,10 +224,11 @@ def loss(logits: torch.Tensor, problem: RelaxedProblem, bf16: bool = False) -> t
     p = flat(probs, problem)
     total = logits.new_zeros(())
     if problem.one_idx.numel():
-        r = problem.one_a * p.sum(0)[problem.one_idx] - problem.one_b
+        r = problem.one_a * _slots(p.sum(0)[problem.one_idx], problem.one_slot, problem.one_a) - problem.one_b
         total = total + (r * r).sum()
     if problem.two_idx.numel():
-        r = problem.two_a * gram(p, bf16).reshape(-1)[problem.two_idx] - problem.two_b
+        cells = gram(p, bf16).reshape(-1)[problem.two_idx]
+        r = problem.two_a * _slots(cells, problem.two_slot, problem.two_a) - problem.two_b
         total = total + (r * r).sum()
     for group in problem.wide:
         r = group.a * wide_marginals(probs, group).reshape(-1) - group.b

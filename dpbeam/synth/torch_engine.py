@@ -98,7 +98,7 @@ def one_way_logits(artifact: MeasurementsArtifact, width: int) -> np.ndarray:
     num = {n: np.zeros(sizes[n]) for n in names}
     den = {n: np.zeros(sizes[n]) for n in names}
     for m in artifact.measurements:
-        if len(m.clique) == 1:
+        if len(m.clique) == 1 and m.groups is None:
             w = np.ones(m.values.shape) if m.weights is None else np.asarray(m.weights, dtype=np.float64)
             prec = (w / m.stddev) ** 2  # precision of values / w
             num[m.clique[0]] += prec * np.divide(m.values, w, out=np.zeros(w.shape), where=w != 0)
