@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -561,6 +561,15 @@ def select_range(
     return FineGrid.over(kind, lo, hi, depth), total
 
 
+class BinEdges(NamedTuple):
+    """Discovered bins: their edges, whether the release stood out of its noise, and the codes of float bins that
+    hold a point mass (decoded to one value: :attr:`dpbeam.domain.BinnedDomain.points`)."""
+
+    edges: list
+    informative: bool
+    points: tuple[int, ...] = ()
+
+
 def select_edges(
     leaf_counts: np.ndarray,
     grid: FineGrid,
@@ -580,8 +589,9 @@ def select_edges(
     the end bins. The inner edges are the quantiles at equal steps between. Edges that coincide merge; a leaf that
     answers a quantile and holds at least one bin's share of the mass (a point mass, such as 40 hours a week) gets
     an edge on both sides, so it is a bin of its own. Integers: edges are whole numbers, and a range that holds at
-    most ``bins`` integers gets one bin per value. Datetimes: microseconds since the epoch. Returns (edges,
-    informative) (see :func:`release_tree`)."""
+    most ``bins`` integers gets one bin per value (so an integer point mass is exact). Datetimes: microseconds since
+    the epoch. Returns :class:`BinEdges`: (edges, informative (see :func:`release_tree`), point bins: float bins that
+    are exactly one heavy leaf, decoded to one value)."""
     tree = release_tree(leaf_counts, float(m), rho)
     accountant.charge(STAGE, "discrete Gaussian (hierarchical histogram on a public grid)", tree.spent,
                       clique=[column], sigma=tree.sigma, sensitivity_l2=m * math.sqrt(grid.depth), bins=bins)
@@ -597,10 +607,15 @@ def select_edges(
         lo_i, hi_i = math.floor(lo), math.ceil(hi) - (1 if grid.width == 1.0 else 0)
         hi_i = max(hi_i, lo_i)
         if kind == "integer" and hi_i - lo_i + 1 <= bins:
-            return list(range(lo_i, hi_i + 2)), tree.informative
+            return BinEdges(list(range(lo_i, hi_i + 2)), tree.informative)
         end = hi_i + 1
-        return sorted({lo_i, end, *(int(round(e)) for e in inner if lo_i < round(e) < end)}), tree.informative
+        return BinEdges(sorted({lo_i, end, *(int(round(e)) for e in inner if lo_i < round(e) < end)}),
+                        tree.informative)
     edges = sorted({lo, hi, *(e for e in inner if lo < e < hi)})
     if len(edges) < 2:
         edges = [lo, lo + grid.width]
-    return edges, tree.informative
+    # a bin that is exactly one heavy leaf (a quantile's answer holding a bin's share) is a point mass
+    point_leaves = {i for i in leaves if total > 0 and leaf_mass[i] >= total / bins}
+    points = tuple(j for j in range(len(edges) - 1)
+                   if any(edges[j] == grid.edge(i) and edges[j + 1] == grid.edge(i + 1) for i in point_leaves))
+    return BinEdges(edges, tree.informative, points)

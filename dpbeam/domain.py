@@ -124,11 +124,14 @@ class BinnedDomain(ColumnDomain):
     """Integer, float or datetime values in bins between ``edges``.
 
     integer: bin i holds [edges[i], edges[i+1] - 1]; float: [edges[i], edges[i+1]) with the last bin closed;
-    datetime: edges are microseconds since the Unix epoch (UTC), bins as for float.
+    datetime: edges are microseconds since the Unix epoch (UTC), bins as for float. ``points`` lists the codes of
+    bins that DP discovery found to hold a point mass (zero rainfall, a visibility capped at 10): they decode to
+    one value, the roundest in the bin (:func:`roundest`), instead of a value drawn uniformly within it.
     """
 
     edges: tuple = ()
     binned_kind: str = "integer"
+    points: tuple = ()
 
     @property
     def kind(self) -> str:  # type: ignore[override]
@@ -157,7 +160,25 @@ class BinnedDomain(ColumnDomain):
         return [f"[{e[i]:g}, {e[i + 1]:g})" for i in range(len(e) - 1)]
 
     def to_json(self) -> dict[str, Any]:
-        return {**super().to_json(), "edges": list(self.edges)}
+        return {**super().to_json(), "edges": list(self.edges), **({"points": list(self.points)} if self.points else {})}
+
+    def point_value(self, code: int) -> float:
+        """The value a point bin decodes to: the roundest number in it (the last bin is closed)."""
+        return roundest(self.edges[code], self.edges[code + 1], closed=code == self.n_values - 1)
+
+
+def roundest(lo: float, hi: float, closed: bool = False) -> float:
+    """The number in [lo, hi) ([lo, hi] if ``closed``) with the fewest significant digits: the largest power of ten
+    that has a multiple in the interval, and its multiple nearest lo. A function of the edges alone (public)."""
+    if hi < lo or (hi == lo and not closed):
+        return float(lo)
+    top = math.floor(math.log10(max(abs(lo), abs(hi), 1e-300))) + 1
+    for e in range(top, top - 18, -1):
+        step = 10.0**e
+        x = math.ceil(lo / step) * step
+        if x < hi or (closed and x <= hi):
+            return float(x if x != 0 else 0.0)
+    return float(lo)
 
 
 @dataclass(frozen=True)
@@ -179,7 +200,7 @@ def column_domain_from_json(d: dict[str, Any]) -> ColumnDomain:
     if d["kind"] == "boolean":
         return BooleanDomain(**base)
     if d["kind"] in ("integer", "float", "datetime"):
-        return BinnedDomain(**base, edges=tuple(d["edges"]), binned_kind=d["kind"])
+        return BinnedDomain(**base, edges=tuple(d["edges"]), binned_kind=d["kind"], points=tuple(d.get("points", ())))
     raise ValueError(f"unknown column kind {d['kind']!r} in domain file")
 
 

@@ -5,8 +5,9 @@ Rules: values outside public bounds are clamped into the first/last bin; categor
 map to the ``other`` code; nulls map to the null code of a nullable column, and are an error in a column declared
 ``nullable: false`` (the error is raised on the trusted side, before anything is measured or written).
 
-Decoding is post-processing: a code becomes a value drawn uniformly within its bin (integers, floats, datetimes), the
-listed value (categorical), or null. It needs a seeded numpy generator for that non-privacy randomness.
+Decoding is post-processing: a code becomes a value drawn uniformly within its bin (integers, floats, datetimes; a
+bin that discovery found to hold a point mass becomes its one roundest value), the listed value (categorical), or
+null. It needs a seeded numpy generator for that non-privacy randomness.
 """
 
 from __future__ import annotations
@@ -97,7 +98,11 @@ def _within_bins(col: BinnedDomain, codes: np.ndarray, rng: np.random.Generator)
     lo, hi = edges[c], edges[c + 1]
     if col.binned_kind == "integer":
         return rng.integers(lo, hi)  # hi exclusive: bin i holds [edges[i], edges[i+1] - 1]
-    return lo + rng.random(len(c)) * (hi - lo)
+    x = lo + rng.random(len(c)) * (hi - lo)
+    for p in col.points:  # a point mass decodes to its one value
+        value = col.point_value(p)
+        x[c == p] = int(round(value)) if col.binned_kind == "datetime" else value
+    return x
 
 
 def decode_column(codes: np.ndarray, col: ColumnDomain, rng: np.random.Generator) -> pa.Array:

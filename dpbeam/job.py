@@ -248,11 +248,11 @@ def discover(plan: JobPlan, engine: str, key: BoundingKey, reporter: Reporter, *
                 # histogram, or (k given) from the units this column's range release counted (m values each)
                 rows = kept_rows if kept_rows else totals[t.column] / m
                 bins = s.bins if isinstance(s.bins, int) else bins_for_noise(rows, k, sigma_row, DISCOVERED_BINS)
-                edges, informative = select_edges(fine[t.column], grids[t.column], t.kind, bins, m, acc,
-                                                  rho[(t.column, "bins")], t.column)
+                edges, informative, points = select_edges(fine[t.column], grids[t.column], t.kind, bins, m, acc,
+                                                          rho[(t.column, "bins")], t.column)
                 value_type = check_column_kind(t.column, s, f.type)
                 domains[t.column] = BinnedDomain(t.column, arrow_type_to_str(value_type), is_nullable(s, f),
-                                                 edges=tuple(edges), binned_kind=t.kind)
+                                                 edges=tuple(edges), binned_kind=t.kind, points=points)
                 reporter.say(f"DP bins of {t.column}: {domains[t.column].labels()[0]} .. "
                              f"{domains[t.column].labels()[-1 - domains[t.column].nullable]}")
                 if totals[t.column] <= 0:

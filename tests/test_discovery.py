@@ -353,8 +353,8 @@ def test_point_mass_gets_a_bin_of_its_own():
     grid = FineGrid.over("integer", 0, 80)
     assert grid.width == 1.0 and grid.leaves == 128
     acc = ZCDPAccountant(10, 1e-6, {"discovery": 1.0})
-    edges, informative = select_edges(np.bincount(grid.cells(x), minlength=grid.leaves), grid, "integer", 8, 1, acc,
-                                      0.05, "hours")
+    edges, informative, _ = select_edges(np.bincount(grid.cells(x), minlength=grid.leaves), grid, "integer", 8, 1,
+                                         acc, 0.05, "hours")
     assert informative and 40 in edges and 41 in edges
 
 
@@ -403,3 +403,45 @@ def test_tree_depth_grows_with_the_noisy_count():
     assert tree_depth(100_000, 1, 1e-4) == MAX_DEPTH
     assert tree_depth(1000, 1, 1e-4) == TREE_DEPTH
     assert tree_depth(0, 1, 1e-4) == TREE_DEPTH
+
+
+def test_a_float_point_mass_decodes_to_its_value():
+    """Rainfall: 60% of 20,000 values exactly 0, the rest spread over (0, 1.2]; 8 bins at rho = 0.05. The leaf that
+    holds 0 answers several quantiles and holds more than a bin's share: it becomes a point bin, and every row
+    decoded from it is exactly 0.0 (the roundest number in the leaf), never a tiny negative or positive number."""
+    from dpbeam.discovery import FineGrid, select_edges
+    from dpbeam.domain import BinnedDomain
+    from dpbeam.encode import decode_column
+    from dpbeam.privacy.accountant import ZCDPAccountant
+
+    rng = np.random.default_rng(6)
+    x = np.concatenate([np.zeros(12_000), rng.uniform(0, 1.2, 8_000)])
+    grid = FineGrid.over("float", -0.05, 1.25)
+    acc = ZCDPAccountant(10, 1e-6, {"discovery": 1.0})
+    edges, informative, points = select_edges(np.bincount(grid.cells(x), minlength=grid.leaves), grid, "float", 8, 1,
+                                              acc, 0.05, "precip")
+    assert informative and len(points) == 1
+    p = points[0]
+    assert edges[p] <= 0.0 < edges[p + 1] and edges[p + 1] - edges[p] == pytest.approx(grid.width)
+    col = BinnedDomain("precip", "double", False, edges=tuple(edges), binned_kind="float", points=points)
+    codes = np.full(1000, p)
+    np.testing.assert_array_equal(decode_column(codes, col, np.random.default_rng(0)).to_numpy(), 0.0)
+    # every other bin still decodes uniformly within itself
+    other = (p + 1) % (len(edges) - 1)
+    vals = decode_column(np.full(1000, other), col, np.random.default_rng(0)).to_numpy()
+    assert len(np.unique(vals)) > 900 and edges[other] <= vals.min() and vals.max() <= edges[other + 1]
+    # the points survive the domain's JSON
+    from dpbeam.domain import column_domain_from_json
+
+    assert column_domain_from_json(col.to_json()).points == points
+
+
+def test_roundest():
+    from dpbeam.domain import roundest
+
+    assert roundest(-1.34e-6, 1.74e-6) == 0.0
+    assert roundest(9.9997, 10.0) == pytest.approx(9.9997)  # 10 is the open upper edge
+    assert roundest(9.9997, 10.0, closed=True) == 10.0
+    assert roundest(39.5, 40.2) == 40.0
+    assert roundest(1003.85, 1006.87) == 1004.0
+    assert roundest(0.123, 0.1234) == pytest.approx(0.123)
