@@ -40,6 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from dpbeam.domain import roundest
 from dpbeam.aggregate import UNIT_H1, UNIT_H2
 from dpbeam.privacy._opendp import dp
 from dpbeam.privacy.accountant import ZCDPAccountant
@@ -603,6 +604,11 @@ def select_edges(
     heavy = [i for i in leaves[1:-1] if total > 0 and leaf_mass[i] >= total / bins]
     lo, hi = grid.edge(leaves[0]), grid.edge(leaves[-1] + 1)
     inner = [grid.edge(i + 1) for i in leaves[1:-1]] + [grid.edge(i) for i in heavy]
+    if kind == "float":
+        # a quantile known to one leaf may sit anywhere in it: put the edge on the leaf's roundest number, so that
+        # values recorded to whole units (minutes of delay, dollars) fall on one side of it, as they do in the data
+        inner = [grid.edge(i + 1) if i in heavy else roundest(grid.edge(i), grid.edge(i + 1), closed=True)
+                 for i in leaves[1:-1]] + [grid.edge(i) for i in heavy]
     if kind in ("integer", "datetime"):
         lo_i, hi_i = math.floor(lo), math.ceil(hi) - (1 if grid.width == 1.0 else 0)
         hi_i = max(hi_i, lo_i)

@@ -55,7 +55,17 @@ from dpbeam.versions import library_versions
 
 ENGINES = ("local", "beam", "spark")
 UNBOUNDED = 1 << 62  # "k" for passes that must see every row of a unit
-DISCOVERED_BINS = 16  # equal-frequency bins of a numeric column left open, unless the spec gives bins
+# Equal-frequency bins of a numeric column left open, unless the spec gives bins (fewer when the noise cannot afford
+# them: discovery.bins_for_noise). 32 rather than 16 since 2-way marginals whose cells drown in noise are measured on
+# groups of codes (privacy/resolution.py): mean 2-way TVD with domains open at eps = 1, two runs each, 16 -> 32 bins:
+# flights 0.057 -> 0.048, gss_wages 0.045 -> 0.043, mpls_stops 0.033 -> 0.034, nlswork 0.160 -> 0.154 (64: flights
+# 0.044 but mpls_stops 0.037). benchmarks/RESULTS.md, issue 8, fourth pass.
+DISCOVERED_BINS = 32
+# The size the k rule gives an open numeric column's bins in its model of a 2-way marginal's error. The rule was set
+# and measured with 16 (auto k within 2% of the best fixed k on nlswork, baseball and movielens, five runs each:
+# benchmarks/RESULTS.md, issue 8, fourth pass); the extra bins above it are measured on groups of codes whenever
+# their cells would drown in noise, so a measured marginal's cells stay near that size.
+K_RULE_OPEN_BINS = 16
 
 
 def engine_module(name: str):
@@ -284,8 +294,8 @@ def _few_values_note(column: str, kept: int, threshold: int) -> str:
 def _marginal_noise_per_row(plan: JobPlan) -> tuple[float, float]:
     """For the k rule (see :func:`dpbeam.discovery.choose_k`): the noise scale per row of contribution of a measured
     2-way marginal (sigma at k = 1 of the plan's measurement stage, split over its d - 1 marginals), and the cells of
-    a typical 2-way marginal (the square of the median column size: the spec's public size, or the bins an open
-    column will get). Public quantities only."""
+    a typical 2-way marginal (the square of the median column size: the spec's public size, or
+    :data:`K_RULE_OPEN_BINS` for an open column). Public quantities only."""
     d = len(plan.spec.columns)
     if aim.STAGE in plan.accountant.plan:  # a measurement of one round before annealing
         per_marginal = aim.first_measure_rho(plan.accountant.allotted(aim.STAGE), d)
@@ -296,7 +306,7 @@ def _marginal_noise_per_row(plan: JobPlan) -> tuple[float, float]:
     sizes = []
     for name, s in plan.spec.columns.items():
         if is_open(s):
-            sizes.append(s.bins if isinstance(getattr(s, "bins", None), int) else DISCOVERED_BINS)
+            sizes.append(s.bins if isinstance(getattr(s, "bins", None), int) else K_RULE_OPEN_BINS)
         else:
             sizes.append(build_column_domain(name, s, plan.source.schema.field(name)).size)
     return gaussian_sigma(per_marginal, 1.0), float(np.median(sizes)) ** 2
