@@ -290,6 +290,37 @@ def test_dpsgd_step_adds_noise_of_multiplier_times_clip():
     assert abs(float(g.mean())) < 5 * z * clip / math.sqrt(g.numel())
 
 
+def test_regression_head_parameters_are_all_clipped_and_noised():
+    """The binned regression head's parameters (the per-bin prior and the basis weights) are all under Opacus's
+    per-unit clipping and noise: one large example's clipped gradient has L2 norm <= C over every parameter together,
+    and an all-padding batch gets noise of stddev z C on the prior too. 2,000 x 2 + 4,000 = 8,000 coordinates: the
+    sample stddev's relative standard error is 1 / sqrt(2 * 8000) = 0.8%; 5% is over 6 of them."""
+    from dpbeam.domain import BinnedDomain
+    from dpbeam.task.model import regression_basis
+
+    col = BinnedDomain("t", "int64", False, edges=tuple(range(0, 4001)), binned_kind="integer")
+    basis = regression_basis(col, None, 4000)
+    assert basis.shape == (2, 4000) and basis[0, 0] == -1.0 and basis[0, -1] == 1.0
+    z, clip = 2.5, 0.7
+    net = build_net(2000, 0, 4000, basis)
+    init_net(net, 0)
+    model, opt = private_model(net, DPSGDParams(0.1, 1, clip, 0.0), torch.Generator().manual_seed(5))
+    x = torch.tensor([[[3, 1999]]])
+    unit_losses(model, x, torch.tensor([[3999.0]]), torch.ones((1, 1))).sum().backward()
+    unclipped = torch.cat([p.grad_sample.reshape(1, -1) for p in model.parameters()], dim=1).norm()
+    assert float(unclipped) > 1.5 * clip  # the clip binds
+    assert opt.pre_step()
+    flat = torch.cat([p.grad.reshape(-1) for p in net.parameters()])
+    assert float(net.prior.weight.grad.abs().max()) > 0 and float(flat.norm()) <= clip * (1 + 1e-5)
+    net2 = build_net(2000, 0, 4000, basis)
+    init_net(net2, 0)
+    model, opt = private_model(net2, DPSGDParams(0.1, 1, clip, z), torch.Generator().manual_seed(6))
+    unit_losses(model, x, torch.zeros((1, 1)), torch.zeros((1, 1))).sum().backward()
+    assert opt.pre_step()
+    noise = torch.cat([net2.embed.weight.grad.reshape(-1), net2.prior.weight.grad.reshape(-1)])
+    assert float(noise.std()) == pytest.approx(z * clip, rel=0.05)
+
+
 def test_training_learns_the_task(task_parquet, tmp_path):
     """DP-SGD on 3,000 rows at noise multiplier 1 (q = 0.05: ~150 units a step, noise stddev 1 per coordinate against
     a summed gradient of ~150 clipped terms) learns y = [b >= 5] (90% accurate by construction, majority 50%). Fixed
