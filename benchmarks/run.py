@@ -41,7 +41,8 @@ def markdown(rows: list[dict], columns: list[tuple[str, str]]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("names", nargs="*", default=list(SUITE))
-    ap.add_argument("--reps", type=int, default=None, help="runs per configuration (default 3; real_tables: 1; task: 5)")
+    ap.add_argument("--reps", type=int, default=None,
+                    help="runs per configuration (default 3; real_tables: 1; task: 5)")
     ap.add_argument("--eps", type=float, nargs="*", default=None, help="adult: epsilons")
     ap.add_argument("--methods", nargs="*", default=None, help="adult: synthesizer methods (mst mst-refined aim)")
     ap.add_argument("--rows", type=int, nargs="*", default=None, help="engines, wide: table sizes")

