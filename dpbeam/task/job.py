@@ -17,8 +17,8 @@ from dpbeam.measurements import MeasurementsArtifact
 from dpbeam.privacy.accountant import ComposedAccountant
 from dpbeam.spec import JobSpec
 from dpbeam.task.data import BoundedRows, FeatureLayout, group_by_unit, to_model_codes, unit_examples
-from dpbeam.task.guide import TaskGuidedModel, regression_encoding, regression_targets
-from dpbeam.task.model import TaskModel, write_task_model
+from dpbeam.task.guide import TaskGuidedModel
+from dpbeam.task.model import TaskModel, regression_basis, write_task_model
 from dpbeam.task.train import DPSGDParams, train_dpsgd
 
 TASK_ENGINES = ("local",)
@@ -73,23 +73,24 @@ def train_task(plan: Any, artifact: MeasurementsArtifact, engine: str, key: Any,
     features = tuple(n for n in names if n != t.target)
     layout = FeatureLayout(t.target, features, tuple(sizes[n] for n in features))
     j = names.index(t.target)
-    if t.kind == "classification":
-        targets, valid, outputs, encoding = model_codes[:, j], None, sizes[t.target], {"classes": sizes[t.target]}
-    else:
-        col = domain[t.target]
-        targets, valid = regression_targets(col, codes[:, j])
-        outputs, encoding = 2, regression_encoding(col)
-    examples = unit_examples(model_codes, unit, slot, k, layout, names, targets, valid)
+    # both kinds: a softmax over the target's model-domain codes (for regression, its public bins; a null is a code)
+    outputs = sizes[t.target]
+    encoding: dict[str, Any] = {"classes": outputs}
+    basis = None
+    if t.kind == "regression":  # the bins' order and positions shape the logits (dpbeam.task.model.build_net)
+        basis = regression_basis(domain[t.target], artifact.compression.get(t.target), outputs)
+        encoding["basis"] = basis.tolist()
+    examples = unit_examples(model_codes, unit, slot, k, layout, names, model_codes[:, j])
     del codes, model_codes, unit, slot
     params = DPSGDParams(acc.sample_rate, acc.steps, acc.clip, acc.noise_multiplier, t.learning_rate)
     with reporter.stage(f"training the task model with DP-SGD ({params.steps} steps)", total=params.steps) as adv:
-        weights, device = train_dpsgd(examples, t.kind, outputs, layout.n_inputs, t.hidden, params, seed=spec.seed,
-                                      progress=adv)
+        weights, device = train_dpsgd(examples, outputs, layout.n_inputs, t.hidden, params, seed=spec.seed,
+                                      progress=adv, basis=basis)
     del examples
     if "dpsgd" not in artifact.privacy:  # noise switched off by the test hook: no claim, and nothing can be written
         return TaskModel(t.kind, layout, t.hidden, outputs, weights, encoding,
                          {"not_private": "noise was switched off by a test hook; this model makes no privacy claim"},
-                         mix=t.mix)
+                         mix=t.label_mix, combine=t.combine, calibrate=t.label_calibrate)
     # no training time here: it depends on how many units are sampled (timing is not protected, so none is written)
     statement = {
         "statement": task_model_text(artifact.privacy),
@@ -104,7 +105,8 @@ def train_task(plan: Any, artifact: MeasurementsArtifact, engine: str, key: Any,
                   "device": device},
         "spec_sha256": spec.sha256(),
     }
-    return TaskModel(t.kind, layout, t.hidden, outputs, weights, encoding, statement, mix=t.mix)
+    return TaskModel(t.kind, layout, t.hidden, outputs, weights, encoding, statement, mix=t.label_mix,
+                     combine=t.combine, calibrate=t.label_calibrate)
 
 
 def write_model(spec: JobSpec, model: TaskModel) -> str:
@@ -114,9 +116,24 @@ def write_model(spec: JobSpec, model: TaskModel) -> str:
     return uri
 
 
-def guide(model: Any, task: TaskModel, artifact: MeasurementsArtifact, mix: float) -> tuple[TaskGuidedModel, dict]:
-    """The fitted marginal model wrapped so its samples' target comes from ``task``; and the statement's note."""
-    info = {"target": task.layout.target, "kind": task.kind, "mix": mix,
-            "labels": f"drawn from the DP task model's predictive distribution given the synthetic features, except "
-                      f"a share {mix:g} of rows that keep the marginal model's draw"}
-    return TaskGuidedModel(model, task, artifact, mix), info
+def guide(model: Any, task: TaskModel, artifact: MeasurementsArtifact, mix: float,
+          combine: str | None = None) -> tuple[TaskGuidedModel, dict]:
+    """The fitted marginal model wrapped so its samples' target comes from ``task`` pooled with the marginal model's
+    own conditional (``combine``, default the model's ``task.combine``); and the statement's note."""
+    guided = TaskGuidedModel(model, task, artifact, mix, combine or task.combine, task.calibrate)
+    rule = guided.rule
+    if rule == "geometric":
+        how = (f"drawn from the geometric pool of two DP conditionals given the synthetic features: the task model's "
+               f"predictive distribution to the power {1 - mix:g} times the marginal model's conditional to the power "
+               f"{mix:g}, normalized")
+    else:
+        how = (f"drawn from the DP task model's predictive distribution given the synthetic features, except a share "
+               f"{mix:g} of rows that keep the marginal model's draw")
+        if guided.combine == "geometric":
+            how += f" (the {model.engine} engine gives no closed-form conditional, so the arithmetic rule ran)"
+    if task.calibrate:
+        how += ("; one offset per target code shifts the labels' log-probabilities so that their distribution over "
+                "the marginal model's rows is the marginal model's own 1-way marginal of the target")
+    info = {"target": task.layout.target, "kind": task.kind, "mix": mix, "combine": rule,
+            "calibrate": task.calibrate, "labels": how}
+    return guided, info

@@ -30,7 +30,7 @@ import numpy as np
 
 from dpbeam.privacy.noise import noise_is_off
 from dpbeam.task.data import UnitExamples
-from dpbeam.task.model import LOGVAR_RANGE, build_net, init_net
+from dpbeam.task.model import build_net, init_net
 
 
 @dataclass(frozen=True)
@@ -70,24 +70,18 @@ def private_model(net: Any, params: DPSGDParams, noise_generator: Any) -> tuple[
     return model, opt
 
 
-def unit_losses(net: Any, kind: str, inputs, targets, mask):
-    """Each example's loss: the sum over its real rows (mask 1) of the row loss. Shape (units,)."""
-    import torch
+def unit_losses(net: Any, inputs: Any, targets: Any, mask: Any) -> Any:
+    """Each example's loss: the sum over its real rows (mask 1) of the row's cross-entropy of the target's code
+    (a class, or a regression target's bin). Shape (units,)."""
     import torch.nn.functional as F
 
     z = net(inputs)  # (units, k, outputs)
-    if kind == "classification":
-        row = F.cross_entropy(z.reshape(-1, z.shape[-1]), targets.reshape(-1).long(), reduction="none")
-        row = row.reshape(targets.shape)
-    else:
-        mean, logvar = z[..., 0], torch.clamp(z[..., 1], *LOGVAR_RANGE)
-        row = 0.5 * (logvar + (targets - mean) ** 2 * torch.exp(-logvar))
-    return (row * mask).sum(dim=1)
+    row = F.cross_entropy(z.reshape(-1, z.shape[-1]), targets.reshape(-1).long(), reduction="none")
+    return (row.reshape(targets.shape) * mask).sum(dim=1)
 
 
 def train_dpsgd(
     examples: UnitExamples,
-    kind: str,
     outputs: int,
     n_inputs: int,
     hidden: int,
@@ -95,6 +89,7 @@ def train_dpsgd(
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
     noise_seed: int | None = None,
+    basis: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], str]:
     """Run ``params.steps`` DP-SGD steps over ``examples`` (one per unit) and return the weights and the device.
 
@@ -111,17 +106,17 @@ def train_dpsgd(
     if device == "cpu":  # the steps are small: one thread is fastest, and does not crowd a shared machine
         torch.set_num_threads(1)
     try:
-        return _train(examples, kind, outputs, n_inputs, hidden, params, seed, progress, device, noise_seed)
+        return _train(examples, outputs, n_inputs, hidden, params, seed, progress, device, noise_seed, basis)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(examples: UnitExamples, kind: str, outputs: int, n_inputs: int, hidden: int, params: DPSGDParams,
+def _train(examples: UnitExamples, outputs: int, n_inputs: int, hidden: int, params: DPSGDParams,
            seed: int, progress: Callable[[int], None] | None, device: str,
-           noise_seed: int | None) -> tuple[dict[str, np.ndarray], str]:
+           noise_seed: int | None, basis: np.ndarray | None) -> tuple[dict[str, np.ndarray], str]:
     import torch
 
-    net = build_net(n_inputs, hidden, outputs)
+    net = build_net(n_inputs, hidden, outputs, basis)
     init_net(net, seed)
     net = net.to(device)
     seeds = np.random.SeedSequence(noise_seed).generate_state(2, np.uint64) if noise_seed is not None else None
@@ -146,9 +141,9 @@ def _train(examples: UnitExamples, kind: str, outputs: int, n_inputs: int, hidde
         opt.zero_grad(set_to_none=True)
         with warnings.catch_warnings():  # the inputs are indices: torch notes that no input needs a gradient
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            unit_losses(model, kind, bx, by, bm).sum().backward()
+            unit_losses(model, bx, by, bm).sum().backward()
         opt.step()
         if progress:
             progress(1)
-    weights = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in net.state_dict().items()}
+    weights = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in net.named_parameters()}
     return weights, device
