@@ -97,6 +97,10 @@ ANNEAL = 2
 # 0.3 and 0.5 were alike (0.0373 / 0.0375 and 0.0203 / 0.0209).
 LOW_SIGNAL_NOISE = 4.5
 LOW_SIGNAL_SHARE = 0.5
+# Rare codes merge below COMPRESS_AT times the 1-way noise scale (MST's 3). Adult, 3 runs each: 1.5 gave 2-way TVD
+# 0.0366 / 0.1014 at eps 1 / 0.1 against 3's 0.0373-0.0384 / 0.1065, but 0.0212 against 0.0203 at eps 10; 0.75, 0 and 5
+# gave 0.0370, 0.0390 and 0.0413 at eps 1. Within the runs' spread, so MST's rule stays.
+COMPRESS_AT = 3.0
 WEIGHT_RESOLUTION = 1000  # non-integer workload weights are scaled so the largest is this, then rounded
 EXPECTED_ABS = math.sqrt(2 / math.pi)  # E|Z| / sigma for a Gaussian Z
 
@@ -238,7 +242,7 @@ def _measure_one_way(cubes, names, k, sigma, accountant, budget: float, low_sign
     """The 1-way round (see the module doc): every column at ``sigma``; then, if ``low_signal_check`` and
     :func:`low_signal` says so, every column again at LOW_SIGNAL_SHARE of the budget, the two combined by inverse
     variance (post-processing); then MST's compression of rare codes (noisy count below 3 sigma of the combined
-    estimate). Returns the measurements, the compression and the round log's entries (one or two)."""
+    estimate; :data:`COMPRESS_AT`). Returns the measurements, the compression and the round log's entries (one or two)."""
     d = len(names)
     noisy: dict[str, np.ndarray] = {}
     rhos: dict[str, float] = {}
@@ -266,7 +270,7 @@ def _measure_one_way(cubes, names, k, sigma, accountant, budget: float, low_sign
     out = []
     for n in names:
         y = values[n]
-        mapping = compress_rare(y, 3 * sigma)
+        mapping = compress_rare(y, COMPRESS_AT * sigma)
         if mapping is None:
             out.append(NoisyMarginal((n,), y, sigma, "discrete Gaussian", rhos[n]))
             continue
