@@ -10,9 +10,9 @@ The loop, all in one budget stage (``aim``, rho_A = its allotment), T = 16 d ini
    rho_1 = ONE_WAY_SHARE rho_A / d (AIM's alpha rho_A / T when the share is None). Low signal (:func:`low_signal`, a
    function of public sizes and of the noisy row count of these measurements, so free): every column is measured
    again, discrete Gaussian, L2 sensitivity k, at rho_2 = LOW_SIGNAL_SHARE rho_A / d each, and the two noisy vectors
-   are averaged by inverse variance (post-processing; scale (1/sigma_1^2 + 1/sigma_2^2)^(-1/2)). Rare codes (estimate
-   below 3 times that scale) merge into one code per column, as in MST: a function of noisy counts only. The rounds
-   then start from rho_round = rho_L / T, rho_L what is left of rho_A.
+   are averaged by inverse variance (post-processing; scale (1/sigma_1^2 + 1/sigma_2^2)^(-1/2)). Rare codes
+   (estimate below 3 times that scale) merge into one code per column, as in MST: a function of noisy counts only.
+   The rounds then start from rho_round = rho_L / T, rho_L what is left of rho_A.
 2. Each round t: fit the model to every measurement so far (post-processing; :func:`dpbeam.synth.pgm.fit_problem`, warm
    started, until the fit's convergence rule stops it or ROUND_ITERS iterations), then
    - select r among the candidates whose model stays under a size cap, max_model_cells x (rho spent / rho_A): the
@@ -32,15 +32,16 @@ The loop, all in one budget stage (``aim``, rho_A = its allotment), T = 16 d ini
      spends exactly what is left (alpha of it on the measurement) and the loop ends.
 
 Privacy (a zCDP privacy filter). rho_A is fixed before the run. Whether the 1-way marginals are measured a second
-time, and each round's rho_round, sigma, candidate set and whether it is the last are chosen from earlier outputs (the measurements, the selections, the models fitted to
-them; and, for the time cap, the clock: see below) and the public spec. Every release is charged to the accountant,
-which refuses, before noise is drawn, any charge that would take the stage past rho_A (compared exactly); the last
-round is sized to the remainder, so the charges sum to rho_A (to the few ulps by which each mechanism's scale errs
-safe) on every branch: the normal end, an anneal into the last round, the time cap, with or without the low-signal
-second 1-way measurement (ONE_WAY_SHARE + LOW_SIGNAL_SHARE < 1 leaves the rounds a share). A rho-zCDP budget is a Renyi
-budget of rho alpha' at every order alpha', and Renyi filters (Feldman & Zrnic 2021, Thm 3.1) allow each mechanism's
-parameters to depend on earlier outputs as long as the sum stays within the budget at every order: the adaptive
-composition is rho_A-zCDP. The reported epsilon is the budget's.
+time, and each round's rho_round, sigma, candidate set and whether it is the last are chosen from earlier outputs
+(the measurements, the selections, the models fitted to them; and, for the time cap, the clock: see below) and the
+public spec. Every release is charged to the accountant, which refuses, before noise is drawn, any charge that would
+take the stage past rho_A (compared exactly); the last round is sized to the remainder, so the charges sum to rho_A
+(to the few ulps by which each mechanism's scale errs safe) on every branch: the normal end, an anneal into the last
+round, the time cap, with or without the low-signal second 1-way measurement (ONE_WAY_SHARE + LOW_SIGNAL_SHARE < 1
+leaves the rounds a share). A rho-zCDP budget is a Renyi budget of rho alpha' at every order alpha', and Renyi
+filters (Feldman & Zrnic 2021, Thm 3.1) allow each mechanism's parameters to depend on earlier outputs as long as
+the sum stays within the budget at every order: the adaptive composition is rho_A-zCDP. The reported epsilon is the
+budget's.
 
 The time cap reads a clock started after the exact cubes are counted. What the loop does before it (fit, score,
 select, measure) works on arrays whose shapes are public domain sizes or follow from earlier DP outputs (the
@@ -215,10 +216,11 @@ def score(exact: np.ndarray, model: np.ndarray, weight: int, sigma: float) -> in
 def _fit(measurements: Sequence[NoisyMarginal], sizes: Mapping[str, int], total: float, warm_start: Any,
          max_iters: int) -> Any:
     """The one call into the estimator (post-processing on the trusted side; the reverse is what is forbidden): a
-    Private-PGM model (:func:`dpbeam.synth.pgm.fit_problem`) fitted to every measurement by mirror descent until the
-    fit's convergence rule stops it (noisy loss only), at most ``max_iters`` iterations, started from ``warm_start``'s potentials and step size (a clique
-    measured for the first time starts at zero) or, cold (None), from the independent model of the noisy 1-way
-    measurements. AIM reads only its ``.clique_marginal(clique)`` (counts, axes in the clique's order, numpy)."""
+    Private-PGM model (:func:`dpbeam.synth.pgm.fit_problem`) fitted to every measurement by mirror descent until
+    the fit's convergence rule stops it (noisy loss only), at most ``max_iters`` iterations, started from
+    ``warm_start``'s potentials and step size (a clique measured for the first time starts at zero) or, cold
+    (None), from the independent model of the noisy 1-way measurements. AIM reads only its
+    ``.clique_marginal(clique)`` (counts, axes in the clique's order, numpy)."""
     from dpbeam.synth import pgm
     from dpbeam.synth.mirror import Measured, Problem
 
@@ -242,7 +244,8 @@ def _measure_one_way(cubes, names, k, sigma, accountant, budget: float, low_sign
     """The 1-way round (see the module doc): every column at ``sigma``; then, if ``low_signal_check`` and
     :func:`low_signal` says so, every column again at LOW_SIGNAL_SHARE of the budget, the two combined by inverse
     variance (post-processing); then MST's compression of rare codes (noisy count below 3 sigma of the combined
-    estimate; :data:`COMPRESS_AT`). Returns the measurements, the compression and the round log's entries (one or two)."""
+    estimate; :data:`COMPRESS_AT`). Returns the measurements, the compression and the round log's entries (one or
+    two)."""
     d = len(names)
     noisy: dict[str, np.ndarray] = {}
     rhos: dict[str, float] = {}

@@ -274,11 +274,11 @@ def fit(
     iterations it ran. ``seed`` is unused: the fit is deterministic.
 
     ``accelerated`` (None: when the artifact carries AIM's round log) fits with Nesterov momentum
-    (:meth:`MirrorDescent.accelerated_step`). AIM's artifacts hold dozens of measurements down to small sigma, where 1,000
-    plain steps from zero stop far from the optimum (Adult, eps 10, AIM with 300-iteration refits: mean 2-way TVD 0.0268
-    plain against 0.0208 accelerated, 3 runs each); on mst-refined's artifacts the two were alike within the runs'
-    spread (eps 1: 0.0401 / 0.0416, eps 10: 0.0305 / 0.0287, plain / accelerated, 3 runs each), so those keep the plain
-    fit."""
+    (:meth:`MirrorDescent.accelerated_step`). AIM's artifacts hold dozens of measurements down to small sigma, where
+    1,000 plain steps from zero stop far from the optimum (Adult, eps 10, AIM with 300-iteration refits: mean 2-way
+    TVD 0.0268 plain against 0.0208 accelerated, 3 runs each); on mst-refined's artifacts the two were alike within
+    the runs' spread (eps 1: 0.0401 / 0.0416, eps 10: 0.0305 / 0.0287, plain / accelerated, 3 runs each), so those
+    keep the plain fit."""
     if accelerated is None:
         accelerated = bool(artifact.rounds)
     return fit_problem(problem_of(artifact), artifact.estimated_total(), list(artifact.domain.names), iters,
