@@ -5,7 +5,8 @@ are written once to Parquet under benchmarks/.data/ (git-ignored; nothing is add
 user-level panels (many rows per unit) and three row-level tables with nulls, floats, timestamps and
 high-cardinality strings; each keeps at most MAX_ROWS rows (a fixed-seed subsample when larger).
 
-Each table runs the default synthesizer (or each of ``--methods``) at epsilon = 1, delta = 1e-9, discovery_fraction = 0.1, with
+Each table runs the default synthesizer (or each of ``--methods``) at epsilon = 1, delta = 1e-9,
+discovery_fraction = 0.1, with
 
 - ``open``: the spec `dpbeam init` writes from the table's schema, unedited (every domain left to DP discovery;
   ``max_rows_per_unit: auto`` for user-level tables);

@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("names", nargs="*", default=list(SUITE))
     ap.add_argument("--reps", type=int, default=None, help="runs per configuration (default 3; real_tables: 1)")
     ap.add_argument("--eps", type=float, nargs="*", default=None, help="adult: epsilons")
-    ap.add_argument("--methods", nargs="*", default=None, help="adult, real_tables: synthesizer methods (mst mst-refined aim)")
+    ap.add_argument("--methods", nargs="*", default=None, help="adult, real_tables: methods (mst mst-refined aim)")
     ap.add_argument("--rows", type=int, nargs="*", default=None, help="engines, wide: table sizes")
     ap.add_argument("--cols", type=int, nargs="*", default=None, help="wide: numbers of columns")
     ap.add_argument("--engines", nargs="*", default=None, help="engines: which (local beam spark)")
