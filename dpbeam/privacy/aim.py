@@ -81,7 +81,7 @@ ROUNDS_PER_COLUMN = 16  # T = 16 d initial rounds (AIM's default)
 ONE_WAY_SHARE: float | None = 0.3
 # A refit runs until the fit's own convergence rule stops it (:data:`dpbeam.synth.pgm.PATIENCE`), at most ROUND_ITERS
 # mirror-descent iterations, warm started. Issue 14's diagnosis: a fixed 50 iterations left the model's L1 error on the
-# clique just measured at 10-50x the noise at eps 10 on Adult, so the selection kept re-measuring what the fit had not
+# clique just measured at 5-57x the noise at eps 10 on Adult, so the selection kept re-measuring what the fit had not
 # absorbed and the anneal rule fired on measurements the model had not taken in (the loop ended after ~25 rounds);
 # converged refits give ~45 rounds and 2-way TVD 0.020 against 0.024 (3 runs each, same final fit).
 ROUND_ITERS = 1000
@@ -90,12 +90,13 @@ FIT_GROWTH = 1.1
 # rho_round grows by this factor on an anneal. AIM's 4 (sigma halves, the selection's epsilon doubles) ended Adult
 # runs after ~20 rounds; 2 gave 0.0317 / 0.0790 mean 2-way / 3-way TVD at eps 10 against 0.0343 / 0.0833 (one run each)
 ANNEAL = 2
-# Low signal: after the 1-way round, if a typical workload clique measured at the rounds' first sigma would carry
-# more L1 noise than LOW_SIGNAL_NOISE times the noisy row count (the median over the candidates of more than one
-# column of sqrt(2/pi) sigma n_r / N), the rounds cannot pay for their noise and the 1-way marginals are measured once
-# more, at LOW_SIGNAL_SHARE of the budget. On Adult the median is ~10 at eps 0.1, ~1 at eps 1 and ~0.1 at eps 10; a
-# 1-way share of 0.3 / 0.6 / 0.85 gave 2-way TVD 0.140 / 0.109 / 0.107 at eps 0.1 (3 runs each) while at eps 1 and 10
-# 0.3 and 0.5 were alike (0.0373 / 0.0375 and 0.0203 / 0.0209).
+# Low signal: after the first 1-way measurements, if a typical column pair measured at the rounds' first sigma would
+# carry more L1 noise than LOW_SIGNAL_NOISE times the noisy row count N (the median over pairs of sqrt(2/pi) sigma
+# n_a n_b / N, public domain sizes before compression), the rounds cannot pay for their noise and the 1-way marginals
+# are measured once more, at LOW_SIGNAL_SHARE of the budget. On Adult the median is 8.1 at eps 0.1, 2.8 at 0.3 and 0.88
+# at 1; measuring twice gave 2-way / 3-way TVD 0.1065 / 0.1843 at eps 0.1 against 0.1396 / 0.2255 without, and at eps
+# 0.3 0.0639 / 0.1284 against 0.0646 / 0.1237 (3 runs each): the limit sits between 2.8 and 8.1. (A larger first share
+# instead, 0.6 / 0.85, gave 0.1086 / 0.1070 at eps 0.1, but 0.5 cost 0.0209 against 0.0203 at eps 10.)
 LOW_SIGNAL_NOISE = 4.5
 LOW_SIGNAL_SHARE = 0.5
 # Rare codes merge below COMPRESS_AT times the 1-way noise scale (MST's 3). Adult, 3 runs each: 1.5 gave 2-way TVD
