@@ -246,7 +246,12 @@ def _measure_one_way(cubes, names, k, sigma, accountant, budget: float, low_sign
     :func:`low_signal` says so, every column again at LOW_SIGNAL_SHARE of the budget, the two combined by inverse
     variance (post-processing); then MST's compression of rare codes (noisy count below 3 sigma of the combined
     estimate; :data:`COMPRESS_AT`). Returns the measurements, the compression and the round log's entries (one or
-    two)."""
+    two).
+
+    Protects: the 1-way cubes. Sensitivity: one unit (<= k rows) moves one column's cube by at most k in L2 (all k
+    rows in one cell). Cost: each discrete Gaussian rho = k^2 / (2 sigma^2), charged as drawn: d of them at ``sigma``
+    and, on the low-signal branch, d more at LOW_SIGNAL_SHARE rho_A / d each; the branch reads only the first draws'
+    noisy total and public sizes. (Checked by ``test_low_signal_measures_the_one_way_marginals_twice...``.)"""
     d = len(names)
     noisy: dict[str, np.ndarray] = {}
     rhos: dict[str, float] = {}
