@@ -5,7 +5,8 @@ are written once to Parquet under benchmarks/.data/ (git-ignored; nothing is add
 user-level panels (many rows per unit) and three row-level tables with nulls, floats, timestamps and
 high-cardinality strings; each keeps at most MAX_ROWS rows (a fixed-seed subsample when larger).
 
-Each table runs the default synthesizer at epsilon = 1, delta = 1e-9, discovery_fraction = 0.1, with
+Each table runs the default synthesizer (or each of ``--methods``) at epsilon = 1, delta = 1e-9,
+discovery_fraction = 0.1, with
 
 - ``open``: the spec `dpbeam init` writes from the table's schema, unedited (every domain left to DP discovery;
   ``max_rows_per_unit: auto`` for user-level tables);
@@ -317,7 +318,23 @@ def run_one(spec: dict[str, Any], seed: int) -> tuple[pa.Table, float, dict[str,
         return pq.read_table(f"{tmp}/synth"), wall, statement, cpu
 
 
-def run(reps: int = 1, tables: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+def with_methods(specs: list[tuple[str, dict[str, Any]]], methods: tuple[str, ...] | None
+                 ) -> list[tuple[str, dict[str, Any]]]:
+    """Each (label, spec) once per ``synthesizer.method`` in ``methods`` (label suffixed), or as it is (None: the
+    default method); with methods, the fixed-k variants are left out (they compare k, not methods)."""
+    if not methods:
+        return specs
+    out = []
+    for label, spec in specs:
+        if ", k=" in label:
+            continue
+        for m in methods:
+            out.append((f"{label}, {m}", {**spec, "synthesizer": {**spec.get("synthesizer", {}), "method": m}}))
+    return out
+
+
+def run(reps: int = 1, tables: tuple[str, ...] | None = None, methods: tuple[str, ...] | None = None
+        ) -> list[dict[str, Any]]:
     rows = []
     for name in tables or tuple(TABLES):
         table = TABLES[name]()
@@ -333,7 +350,7 @@ def run(reps: int = 1, tables: tuple[str, ...] | None = None) -> list[dict[str, 
         rows.append({**base, "variant": "independent columns (no DP)", "k": "-", "tvd_1way": ind[1],
                      "tvd_2way": ind[2], "wall_s": 0.0, "cpu_s": 0.0, "reps": 1})
         print(f"  {name}: independent 1-way {ind[1]:.4f} 2-way {ind[2]:.4f}", flush=True)
-        for label, spec in variants(table, source):
+        for label, spec in with_methods(variants(table, source), methods):
             tv1, tv2, walls, cpus, ks = [], [], [], [], []
             for rep in range(reps):
                 synth, wall, statement, cpu = run_one(spec, rep)

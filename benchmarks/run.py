@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=None,
                     help="runs per configuration (default 3; real_tables: 1; task: 5)")
     ap.add_argument("--eps", type=float, nargs="*", default=None, help="adult: epsilons")
-    ap.add_argument("--methods", nargs="*", default=None, help="adult: synthesizer methods (mst mst-refined aim)")
+    ap.add_argument("--methods", nargs="*", default=None, help="adult, real_tables: methods (mst mst-refined aim)")
     ap.add_argument("--rows", type=int, nargs="*", default=None, help="engines, wide: table sizes")
     ap.add_argument("--cols", type=int, nargs="*", default=None, help="wide: numbers of columns")
     ap.add_argument("--engines", nargs="*", default=None, help="engines: which (local beam spark)")
@@ -82,6 +82,8 @@ def main() -> None:
             kwargs["tables"] = tuple(args.tables)
         if args.shares and name == "task":
             kwargs["shares"] = tuple(args.shares)
+        if args.methods and name == "real_tables":
+            kwargs["methods"] = tuple(args.methods)
         rows = mod.run(**kwargs)
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         path = out_dir / f"{name}-{stamp}.json"

@@ -31,7 +31,8 @@ METHODS = {
     "mst": "MST: noisy 1-way marginals, a spanning tree of 2-way marginals chosen by the exponential mechanism, and "
            "those 2-way marginals, noisy.",
     "mst-refined": "MST, then one AIM-style round that measures the 2-way marginals the tree model gets most wrong.",
-    "aim": "AIM: noisy 1-way marginals, then rounds that each select (exponential mechanism) the workload marginal "
+    "aim": "AIM: noisy 1-way marginals (measured twice when the table is small for its budget), then rounds that "
+           "each select (exponential mechanism) the workload marginal "
            "the current model gets most wrong for its noise and measure it (discrete Gaussian), with a noise scale "
            "that shrinks when a measurement stops moving the model; the last round spends what is left.",
 }

@@ -139,6 +139,32 @@ def test_fixed_growth_applies_to_every_accepted_step():
     assert state.alpha == pytest.approx(alpha0 * 1.1**accepted * 0.5**rejected, rel=1e-12)
 
 
+def test_accelerated_fit_never_raises_the_loss_and_beats_plain_steps():
+    """Nesterov momentum with restarts (deterministic): the loss never rises from one step to the next, and at the
+    same number of inferences (400: 200 accelerated steps) it ends lower than plain mirror descent on an
+    ill-conditioned problem (a chain of strongly dependent pairs measured at sigma 0.5 and 20, N = 20,000)."""
+    from dpbeam.synth.mirror import Measured, MirrorDescent, Problem
+
+    rng = np.random.default_rng(4)
+    n = 20_000
+    a = rng.integers(0, 4, n)
+    b = (a + (rng.random(n) < 0.1)) % 3
+    c = (2 * b + rng.integers(0, 2, n)) % 5
+    sizes = {n_: SIZES[n_] for n_ in ("a", "b", "c")}
+    ab = np.bincount(a * 3 + b, minlength=12).astype(float)
+    bc = np.bincount(b * 5 + c, minlength=15).astype(float)
+    problem = Problem(["a", "b", "c"], sizes, [Measured(("a", "b"), ab, 0.5), Measured(("b", "c"), bc, 20.0)])
+    plain = MirrorDescent.start(problem, float(n))
+    plain.run(400)
+    fast = MirrorDescent.start(problem, float(n))
+    losses = [fast.loss]
+    for _ in range(200):
+        fast.accelerated_step()
+        losses.append(fast.loss)
+    assert all(y <= x for x, y in zip(losses, losses[1:]))
+    assert fast.loss < plain.loss
+
+
 def _artifact(n: int = 4000, seed: int = 0):
     from dpbeam.domain import BinnedDomain, TableDomain
     from dpbeam.marginals import count_cliques

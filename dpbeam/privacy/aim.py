@@ -7,11 +7,14 @@ w_r = sum_{s in W} c_s |r n s| (integers: see :func:`candidate_weights`).
 The loop, all in one budget stage (``aim``, rho_A = its allotment), T = 16 d initial rounds, alpha = 0.9:
 
 1. The 1-way round: every 1-way marginal, discrete Gaussian of scale sigma (L2 sensitivity k each, rho_1 each), with
-   rho_1 = ONE_WAY_SHARE rho_A / d (AIM's alpha rho_A / T when the share is None). The rounds then start from
-   rho_round = rho_L / T, rho_L what is left of rho_A. Rare codes (noisy count below 3 sigma) merge into one code per column, as in MST: a
-   function of noisy counts only.
+   rho_1 = ONE_WAY_SHARE rho_A / d (AIM's alpha rho_A / T when the share is None). Low signal (:func:`low_signal`, a
+   function of public sizes and of the noisy row count of these measurements, so free): every column is measured
+   again, discrete Gaussian, L2 sensitivity k, at rho_2 = LOW_SIGNAL_SHARE rho_A / d each, and the two noisy vectors
+   are averaged by inverse variance (post-processing; scale (1/sigma_1^2 + 1/sigma_2^2)^(-1/2)). Rare codes
+   (estimate below 3 times that scale) merge into one code per column, as in MST: a function of noisy counts only.
+   The rounds then start from rho_round = rho_L / T, rho_L what is left of rho_A.
 2. Each round t: fit the model to every measurement so far (post-processing; :func:`dpbeam.synth.pgm.fit_problem`, warm
-   started), then
+   started, until the fit's convergence rule stops it or ROUND_ITERS iterations), then
    - select r among the candidates whose model stays under a size cap, max_model_cells x (rho spent / rho_A): the
      junction tree of the measured cliques plus r, total cells of its maximal cliques. A candidate the model already
      covers never grows it, so the 1-way cliques always pass. The candidate set is a function of public sizes and
@@ -28,15 +31,17 @@ The loop, all in one budget stage (``aim``, rho_A = its allotment), T = 16 d ini
    - last round: when what is left of rho_A is less than 2 rho_round, or when ``max_minutes`` have passed, the round
      spends exactly what is left (alpha of it on the measurement) and the loop ends.
 
-Privacy (a zCDP privacy filter). rho_A is fixed before the run. Each round's rho_round, sigma, candidate set and
-whether it is the last are chosen from earlier outputs (the measurements, the selections, the models fitted to
-them; and, for the time cap, the clock: see below) and the public spec. Every release is charged to the accountant,
-which refuses, before noise is drawn, any charge that would take the stage past rho_A (compared exactly); the last
-round is sized to the remainder, so the charges sum to rho_A (to the few ulps by which each mechanism's scale errs
-safe) on every branch: the normal end, an anneal into the last round, the time cap. A rho-zCDP budget is a Renyi
-budget of rho alpha' at every order alpha', and Renyi filters (Feldman & Zrnic 2021, Thm 3.1) allow each mechanism's
-parameters to depend on earlier outputs as long as the sum stays within the budget at every order: the adaptive
-composition is rho_A-zCDP. The reported epsilon is the budget's.
+Privacy (a zCDP privacy filter). rho_A is fixed before the run. Whether the 1-way marginals are measured a second
+time, and each round's rho_round, sigma, candidate set and whether it is the last are chosen from earlier outputs
+(the measurements, the selections, the models fitted to them; and, for the time cap, the clock: see below) and the
+public spec. Every release is charged to the accountant, which refuses, before noise is drawn, any charge that would
+take the stage past rho_A (compared exactly); the last round is sized to the remainder, so the charges sum to rho_A
+(to the few ulps by which each mechanism's scale errs safe) on every branch: the normal end, an anneal into the last
+round, the time cap, with or without the low-signal second 1-way measurement (ONE_WAY_SHARE + LOW_SIGNAL_SHARE < 1
+leaves the rounds a share). A rho-zCDP budget is a Renyi budget of rho alpha' at every order alpha', and Renyi
+filters (Feldman & Zrnic 2021, Thm 3.1) allow each mechanism's parameters to depend on earlier outputs as long as
+the sum stays within the budget at every order: the adaptive composition is rho_A-zCDP. The reported epsilon is the
+budget's.
 
 The time cap reads a clock started after the exact cubes are counted. What the loop does before it (fit, score,
 select, measure) works on arrays whose shapes are public domain sizes or follow from earlier DP outputs (the
@@ -74,15 +79,30 @@ ROUNDS_PER_COLUMN = 16  # T = 16 d initial rounds (AIM's default)
 # or so: on Adult (one run each, loaded 2-core machine) AIM's share gave mean 2-way TVD 0.216 / 0.044-0.047 / 0.031 at
 # eps 0.1 / 1 / 10, a share of 0.3 gave 0.130 / 0.040 / 0.034, 0.5 gave 0.124 at eps 0.1.
 ONE_WAY_SHARE: float | None = 0.3
-# mirror-descent iterations per warm-started refit: at eps 1 on Adult 100 gave 0.0388 / 0.0878 against 30's 0.0406 /
-# 0.0909 (one run each) at three times the loop's CPU; at eps 10 100 took several CPU minutes
-ROUND_ITERS = 50
-# mirror descent's step-size growth after each accepted step in a refit: a refit runs only ROUND_ITERS iterations, so
-# the step must grow quickly (mbi's 1.01 barely moves it); 1.1 is what AIM's own estimator used before it was merged
+# A refit runs until the fit's own convergence rule stops it (:data:`dpbeam.synth.pgm.PATIENCE`), at most ROUND_ITERS
+# mirror-descent iterations, warm started. Issue 14's diagnosis: a fixed 50 iterations left the model's L1 error on the
+# clique just measured at 5-57x the noise at eps 10 on Adult, so the selection kept re-measuring what the fit had not
+# absorbed and the anneal rule fired on measurements the model had not taken in (the loop ended after ~25 rounds);
+# converged refits give ~45 rounds and 2-way TVD 0.020 against 0.024 (3 runs each, same final fit).
+ROUND_ITERS = 1000
+# mirror descent's step-size growth after each accepted step in a refit (mbi's 1.01 barely moves a warm step size)
 FIT_GROWTH = 1.1
 # rho_round grows by this factor on an anneal. AIM's 4 (sigma halves, the selection's epsilon doubles) ended Adult
 # runs after ~20 rounds; 2 gave 0.0317 / 0.0790 mean 2-way / 3-way TVD at eps 10 against 0.0343 / 0.0833 (one run each)
 ANNEAL = 2
+# Low signal: after the first 1-way measurements, if a typical column pair measured at the rounds' first sigma would
+# carry more L1 noise than LOW_SIGNAL_NOISE times the noisy row count N (the median over pairs of sqrt(2/pi) sigma
+# n_a n_b / N, public domain sizes before compression), the rounds cannot pay for their noise and the 1-way marginals
+# are measured once more, at LOW_SIGNAL_SHARE of the budget. On Adult the median is 8.1 at eps 0.1, 2.8 at 0.3 and 0.88
+# at 1; measuring twice gave 2-way / 3-way TVD 0.1065 / 0.1843 at eps 0.1 against 0.1396 / 0.2255 without, and at eps
+# 0.3 0.0639 / 0.1284 against 0.0646 / 0.1237 (3 runs each): the limit sits between 2.8 and 8.1. (A larger first share
+# instead, 0.6 / 0.85, gave 0.1086 / 0.1070 at eps 0.1, but 0.5 cost 0.0209 against 0.0203 at eps 10.)
+LOW_SIGNAL_NOISE = 4.5
+LOW_SIGNAL_SHARE = 0.5
+# Rare codes merge below COMPRESS_AT times the 1-way noise scale (MST's 3). Adult, 3 runs each: 1.5 gave 2-way TVD
+# 0.0366 / 0.1014 at eps 1 / 0.1 against 3's 0.0373-0.0384 / 0.1065, but 0.0212 against 0.0203 at eps 10; 0.75, 0 and 5
+# gave 0.0370, 0.0390 and 0.0413 at eps 1. Within the runs' spread, so MST's rule stays.
+COMPRESS_AT = 3.0
 WEIGHT_RESOLUTION = 1000  # non-integer workload weights are scaled so the largest is this, then rounded
 EXPECTED_ABS = math.sqrt(2 / math.pi)  # E|Z| / sigma for a Gaussian Z
 
@@ -176,6 +196,16 @@ def one_way_rho(rho: float, d: int) -> float:
     return ONE_WAY_SHARE * rho / d
 
 
+def low_signal(one_way_cells: Mapping[Clique, int], total: float, sigma: float, d: int) -> bool:
+    """Whether the rounds cannot pay for their noise (see :data:`LOW_SIGNAL_NOISE`): the median over the column pairs
+    of sqrt(2/pi) sigma n_a n_b / total exceeds it, n_a the public domain size of column a (before compression). Reads
+    public sizes, the noisy row estimate ``total`` of the first 1-way measurements and the rounds' planned first
+    sigma: a function of the spec and of DP outputs only, so the branch it picks costs nothing. False for one column."""
+    sizes = [int(one_way_cells[c]) for c in one_way_cells]
+    noise = [EXPECTED_ABS * sigma * a * b / max(total, 1.0) for a, b in combinations(sizes, 2)]
+    return bool(noise) and float(np.median(noise)) > LOW_SIGNAL_NOISE
+
+
 def score(exact: np.ndarray, model: np.ndarray, weight: int, sigma: float) -> int:
     """AIM's quality score of one candidate, an exact integer: w (||exact - round(model)||_1 - ceil(sqrt(2/pi) sigma
     n)), n the cube's cells. ``model`` and ``sigma`` are fixed before ``exact`` is read (post-processing of earlier
@@ -187,10 +217,11 @@ def score(exact: np.ndarray, model: np.ndarray, weight: int, sigma: float) -> in
 def _fit(measurements: Sequence[NoisyMarginal], sizes: Mapping[str, int], total: float, warm_start: Any,
          max_iters: int) -> Any:
     """The one call into the estimator (post-processing on the trusted side; the reverse is what is forbidden): a
-    Private-PGM model (:func:`dpbeam.synth.pgm.fit_problem`) fitted to every measurement by exactly ``max_iters``
-    mirror-descent iterations (no convergence stop), started from ``warm_start``'s potentials and step size (a clique
-    measured for the first time starts at zero) or, cold (None), from the independent model of the noisy 1-way
-    measurements. AIM reads only its ``.clique_marginal(clique)`` (counts, axes in the clique's order, numpy)."""
+    Private-PGM model (:func:`dpbeam.synth.pgm.fit_problem`) fitted to every measurement by mirror descent until
+    the fit's convergence rule stops it (noisy loss only), at most ``max_iters`` iterations, started from
+    ``warm_start``'s potentials and step size (a clique measured for the first time starts at zero) or, cold
+    (None), from the independent model of the noisy 1-way measurements. AIM reads only its
+    ``.clique_marginal(clique)`` (counts, axes in the clique's order, numpy)."""
     from dpbeam.synth import pgm
     from dpbeam.synth.mirror import Measured, Problem
 
@@ -198,7 +229,7 @@ def _fit(measurements: Sequence[NoisyMarginal], sizes: Mapping[str, int], total:
                          None if m.weights is None else np.asarray(m.weights, dtype=np.float64).ravel())
                 for m in measurements]
     problem = Problem(list(sizes), sizes, measured)
-    return pgm.fit_problem(problem, total, list(sizes), max_iters, warm_start=warm_start, converge=False,
+    return pgm.fit_problem(problem, total, list(sizes), max_iters, warm_start=warm_start, converge=True,
                            independent_start=True, growth=FIT_GROWTH)
 
 
@@ -209,24 +240,52 @@ class AIMResult:
     rounds: tuple[dict[str, Any], ...]
 
 
-def _measure_one_way(cubes, names, k, sigma, accountant) -> tuple[list[NoisyMarginal], dict[str, np.ndarray]]:
-    """The 1-way round (see the module doc), with MST's compression of rare codes."""
+def _measure_one_way(cubes, names, k, sigma, accountant, budget: float, low_signal_check: bool
+                     ) -> tuple[list[NoisyMarginal], dict[str, np.ndarray], list[dict[str, Any]]]:
+    """The 1-way round (see the module doc): every column at ``sigma``; then, if ``low_signal_check`` and
+    :func:`low_signal` says so, every column again at LOW_SIGNAL_SHARE of the budget, the two combined by inverse
+    variance (post-processing); then MST's compression of rare codes (noisy count below 3 sigma of the combined
+    estimate; :data:`COMPRESS_AT`). Returns the measurements, the compression and the round log's entries (one or
+    two).
+
+    Protects: the 1-way cubes. Sensitivity: one unit (<= k rows) moves one column's cube by at most k in L2 (all k
+    rows in one cell). Cost: each discrete Gaussian rho = k^2 / (2 sigma^2), charged as drawn: d of them at ``sigma``
+    and, on the low-signal branch, d more at LOW_SIGNAL_SHARE rho_A / d each; the branch reads only the first draws'
+    noisy total and public sizes. (Checked by ``test_low_signal_measures_the_one_way_marginals_twice...``.)"""
+    d = len(names)
     noisy: dict[str, np.ndarray] = {}
     rhos: dict[str, float] = {}
     for n in names:
         noisy[n], rhos[n] = add_discrete_gaussian(cubes[(n,)], sigma, k)
         accountant.charge(STAGE, "discrete Gaussian", rhos[n], clique=[n], sigma=sigma, sensitivity_l2=k)
+    log = [{"round": 1, "clique": [[n] for n in names], "sigma": sigma, "rho_select": 0.0,
+            "rho_measure": sum(rhos.values()), "candidates": 0, "annealed": False, "last": False}]
+    values = {n: noisy[n].astype(np.float64) for n in names}
+    rest = budget - sum(rhos.values())
+    first = [NoisyMarginal((n,), values[n], sigma, "discrete Gaussian", rhos[n]) for n in names]
+    if low_signal_check and low_signal({(n,): cubes[(n,)].size for n in names}, estimated_total(first),
+                                       gaussian_sigma(initial_plan(rest, d)[0], k), d):
+        sigma2 = gaussian_sigma(LOW_SIGNAL_SHARE * budget / d, k)
+        for n in names:
+            again, rho = add_discrete_gaussian(cubes[(n,)], sigma2, k)
+            accountant.charge(STAGE, "discrete Gaussian", rho, clique=[n], sigma=sigma2, sensitivity_l2=k)
+            rhos[n] += rho
+            values[n] = (values[n] / sigma**2 + again / sigma2**2) / (1 / sigma**2 + 1 / sigma2**2)
+        log.append({"round": 2, "clique": [[n] for n in names], "sigma": sigma2, "rho_select": 0.0,
+                    "rho_measure": sum(rhos.values()) - log[0]["rho_measure"], "candidates": 0, "annealed": False,
+                    "last": False})
+        sigma = (1 / sigma**2 + 1 / sigma2**2) ** -0.5
     compression: dict[str, np.ndarray] = {}
     out = []
     for n in names:
-        y = noisy[n].astype(np.float64)
-        mapping = compress_rare(noisy[n], 3 * sigma)
+        y = values[n]
+        mapping = compress_rare(y, COMPRESS_AT * sigma)
         if mapping is None:
             out.append(NoisyMarginal((n,), y, sigma, "discrete Gaussian", rhos[n]))
             continue
         compression[n] = mapping
-        out.append(compressed_one_way(n, noisy[n], mapping, sigma, rhos[n])[0])
-    return out, compression
+        out.append(compressed_one_way(n, y, mapping, sigma, rhos[n])[0])
+    return out, compression, log
 
 
 def run_aim(
@@ -265,11 +324,13 @@ def run_aim(
         rho_m = budget / d
     sigma = gaussian_sigma(rho_m, k)
     say(f"AIM round 1: measuring {d} one-way marginals (sigma={sigma:.3g})")
-    measurements, compression = _measure_one_way(cubes, names, k, sigma, accountant)
-    rounds: list[dict[str, Any]] = [{"round": 1, "clique": [[n] for n in names], "sigma": sigma, "rho_select": 0.0,
-                                     "rho_measure": rho_m * d, "candidates": 0, "annealed": False, "last": False}]
+    simple = d == 1 or len(work) == 0
+    measurements, compression, rounds = _measure_one_way(cubes, names, k, sigma, accountant, budget,
+                                                         ONE_WAY_SHARE is not None and not simple)
+    if len(rounds) == 2:
+        say(f"AIM round 2: low signal, measuring the {d} one-way marginals again (sigma={rounds[1]['sigma']:.3g})")
     tick(1 - left() / budget)
-    if d == 1 or len(work) == 0:
+    if simple:
         rounds[-1]["last"] = True
         return AIMResult(tuple(measurements), compression, tuple(rounds))
 
@@ -280,8 +341,8 @@ def run_aim(
     exact = {r: compress_cube(cubes[r], r, compression) for r in candidates}
     cells = {r: exact[r].size for r in candidates}
     total = estimated_total(measurements)
-    model = _fit(measurements, sizes, total, None, round_iters)
     rho_m, rho_s = initial_plan(left() if ONE_WAY_SHARE is not None else budget, d)
+    model = _fit(measurements, sizes, total, None, round_iters)
     rho_round = rho_m + rho_s
     last = False
     while not last:

@@ -25,6 +25,10 @@ import numpy as np
 
 from dpbeam.synth.cliquetree import Clique, CliqueTree, Inference, broadcast_shape, canonical, project, sum_axes
 
+# step-size growth on a kept accelerated step: 1.0 left the step where the first rejection put it (Adult, AIM, eps 10:
+# loss 2.7 N after 1,000 inferences), 1.01 halved it often enough to keep restarting the momentum (0.36 N), 1.001 0.24 N
+ACCEL_GROWTH = 1.001
+
 
 @dataclass(frozen=True)
 class Measured:
@@ -180,6 +184,8 @@ class MirrorDescent:
     grad: list[np.ndarray]
     growth: float = 2.0  # step-size growth on acceptance until the first rejection (then mbi's 1.01)
     fixed_growth: float | None = None  # if set, the growth on every acceptance (see :meth:`start`)
+    previous: list[np.ndarray] | None = None  # accelerated steps: the last iterate before this one (None: restart)
+    momentum_t: float = 1.0  # accelerated steps: Nesterov's t_k
 
     @classmethod
     def start(cls, problem: Problem, total: float, potentials: Sequence[np.ndarray] | None = None,
@@ -215,6 +221,50 @@ class MirrorDescent:
             self.alpha *= 0.5
             self.growth = 1.01 if self.fixed_growth is None else self.fixed_growth
 
-    def run(self, steps: int) -> None:
+    def accelerated_step(self) -> None:
+        """One step of mirror descent with Nesterov momentum on the log-potentials and adaptive restart (FISTA's
+        extrapolation, Beck & Teboulle 2009; restart when the extrapolated point's loss is higher, O'Donoghue & Candes
+        2015); two inferences.
+
+        From the iterate theta_k (the state) and the one before, theta_{k-1}: y = theta_k + beta (theta_k -
+        theta_{k-1}), beta = (t_k - 1) / t_{k+1}, t_{k+1} = (1 + sqrt(1 + 4 t_k^2)) / 2. If y's loss exceeds theta_k's,
+        the momentum restarts (y = theta_k). The gradient at y's marginals moves y by alpha to theta_{k+1}; if that
+        raises the loss above y's, alpha halves, the momentum restarts and y is the new iterate instead. So the loss
+        never rises. alpha grows by ACCEL_GROWTH on a kept step. On Adult's AIM measurements at eps 10 (one artifact,
+        loss / N entries) this reached 0.57 after 500 inferences and 0.24 after 1,000; plain steps (:meth:`step`) 2.8,
+        1.0 and, after 2,000, 0.49."""
+        t_next = (1.0 + np.sqrt(1.0 + 4.0 * self.momentum_t**2)) / 2.0
+        beta = 0.0 if self.previous is None else (self.momentum_t - 1.0) / t_next
+        here = (self.potentials, self.mu, self.beliefs, self.loss, self.grad)
+        if beta > 0:
+            y = [p + beta * (p - q) for p, q in zip(self.potentials, self.previous)]
+            mu_y, beliefs_y = self.problem.marginals(y, self.total)
+            loss_y, grad_y = self.problem.loss_and_gradient(mu_y)
+            point = (y, mu_y, beliefs_y, loss_y, grad_y)
+            if loss_y > self.loss:
+                point, t_next = here, 1.0
+        else:
+            point = here
+        y, _, _, loss_y, grad_y = point
+        trial = [p - self.alpha * g for p, g in zip(y, grad_y)]
+        mu2, beliefs2 = self.problem.marginals(trial, self.total)
+        loss2, grad2 = self.problem.loss_and_gradient(mu2)
+        if loss2 <= loss_y:
+            self.previous = self.potentials
+            self.potentials, self.mu, self.beliefs, self.loss, self.grad = trial, mu2, beliefs2, loss2, grad2
+            self.momentum_t = t_next
+            self.alpha *= ACCEL_GROWTH
+        else:
+            self.alpha *= 0.5
+            self.potentials, self.mu, self.beliefs, self.loss, self.grad = point
+            self.previous, self.momentum_t = None, 1.0
+
+    def run(self, steps: int, accelerated: bool = False) -> None:
+        """``steps`` plain steps (:meth:`step`), or, ``accelerated``, ``steps`` inferences' worth of
+        :meth:`accelerated_step` (two each; at least one step)."""
+        if accelerated:
+            for _ in range(max(1, steps // 2)):
+                self.accelerated_step()
+            return
         for _ in range(steps):
             self.step()

@@ -259,15 +259,25 @@ def fit(
     progress: Callable[[int], None] | None = None,
     warm_start: "PGMModel | None" = None,
     converge: bool = True,
+    accelerated: bool | None = None,
 ) -> PGMModel:
     """Fit Private-PGM to every measurement in the artifact (:mod:`dpbeam.synth.mirror`).
 
     At most ``iters`` iterations, checked every ``BLOCK``; with ``converge`` the fit stops earlier once the noisy
     loss has levelled off (see :data:`PATIENCE`). ``warm_start``, a model fitted to a subset of these measurements
     (e.g. the refinement's), is where the potentials start. ``progress(n)`` is called after each block with the
-    iterations it ran. ``seed`` is unused: the fit is deterministic."""
+    iterations it ran. ``seed`` is unused: the fit is deterministic.
+
+    ``accelerated`` (None: when the artifact carries AIM's round log) fits with Nesterov momentum
+    (:meth:`MirrorDescent.accelerated_step`). AIM's artifacts hold dozens of measurements down to small sigma, where
+    1,000 plain steps from zero stop far from the optimum (Adult, eps 10, AIM with 300-iteration refits: mean 2-way
+    TVD 0.0268 plain against 0.0208 accelerated, 3 runs each); on mst-refined's artifacts the two were alike within
+    the runs' spread (eps 1: 0.0401 / 0.0416, eps 10: 0.0305 / 0.0287, plain / accelerated, 3 runs each), so those
+    keep the plain fit."""
+    if accelerated is None:
+        accelerated = bool(artifact.rounds)
     return fit_problem(problem_of(artifact), artifact.estimated_total(), list(artifact.domain.names), iters,
-                       progress=progress, warm_start=warm_start, converge=converge)
+                       progress=progress, warm_start=warm_start, converge=converge, accelerated=accelerated)
 
 
 def fit_problem(
@@ -280,12 +290,15 @@ def fit_problem(
     converge: bool = True,
     independent_start: bool = False,
     growth: float | None = None,
+    accelerated: bool = False,
 ) -> PGMModel:
     """:func:`fit` on a :class:`~dpbeam.synth.mirror.Problem` (measurements already in numpy), for callers that hold
     no artifact (AIM's rounds). Without a usable ``warm_start`` the potentials start at zero, or, with
     ``independent_start``, at the independent model of the noisy 1-way measurements
     (:func:`dpbeam.synth.mirror.independent_start`). With ``converge=False`` exactly ``iters`` iterations run.
-    ``growth``: the step-size growth on every accepted step (None: :meth:`MirrorDescent.start`'s default)."""
+    ``growth``: the step-size growth on every accepted step (None: :meth:`MirrorDescent.start`'s default).
+    ``accelerated``: Nesterov momentum with restarts (:meth:`MirrorDescent.accelerated_step`; ``iters`` counts
+    inferences, two per step); a cold start first takes plain steps while the step size doubles (at most ``BLOCK``)."""
     start = _start(warm_start, problem)
     alpha = None if start is None else warm_start.step
     if start is None and independent_start:
@@ -293,9 +306,13 @@ def fit_problem(
     state = MirrorDescent.start(problem, total, start, alpha, growth)
     tolerance = float(np.sqrt(sum(np.size(m.values) for m in problem.measurements) / 2))
     done, calm, last = 0, 0, np.inf
+    if accelerated and alpha is None:  # find the step size first: plain steps until the doubling stops
+        while done < min(BLOCK, iters) and state.growth == 2.0:
+            state.step()
+            done += 1
     while done < iters:
         n = min(BLOCK, iters - done)
-        state.run(n)
+        state.run(n, accelerated)
         done += n
         if progress is not None:
             progress(n)
