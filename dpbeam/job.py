@@ -403,7 +403,8 @@ def _measure(
         "library_versions": library_versions(),
         # no timestamp: with the statement's it would time the trusted pass (timing is not protected)
     }
-    return MeasurementsArtifact(plan.domain, result.compression, result.measurements, privacy_record(plan), manifest)
+    return MeasurementsArtifact(plan.domain, result.compression, result.measurements, privacy_record(plan), manifest,
+                                expansion=result.expansion)
 
 
 def _measure_aim(plan: JobPlan, engine: str, key: BoundingKey, reporter: Reporter, **options: Any) -> MeasurementsArtifact:
@@ -432,7 +433,7 @@ def _measure_aim(plan: JobPlan, engine: str, key: BoundingKey, reporter: Reporte
         "diagnostics": plan.diagnostics, "library_versions": library_versions(),
     }
     return MeasurementsArtifact(plan.domain, result.compression, result.measurements, privacy_record(plan), manifest,
-                                rounds=result.rounds)
+                                rounds=result.rounds, expansion=result.expansion)
 
 
 def run_job(

@@ -4,7 +4,8 @@ It is a directory a person can read:
 
     manifest.json          what made it: method, spec hash, library versions (no time: see below)
     privacy.json           the privacy record: unit, adjacency, k, epsilon, delta, rho and every charge
-    domain.json            public column domains, and the compression of rare codes chosen from noisy 1-way counts
+    domain.json            public column domains, the compression of rare codes chosen from noisy 1-way counts, and
+                           those noisy counts (clipped at 0) for spreading a merged code back over its codes
     measurements.parquet   one row per noisy marginal: clique, shape, noisy values, noise scale, query weights and
                            groups (a coarse measurement's code -> group maps)
     rounds.json            AIM only: the round log (clique selected, sigma, rho of selection and measurement)
@@ -78,6 +79,9 @@ class MeasurementsArtifact:
     privacy: dict[str, Any]
     manifest: dict[str, Any] = field(default_factory=dict)
     rounds: tuple[dict[str, Any], ...] = ()  # AIM's round log: DP selections and their public noise scales
+    # per compressed column, the weights (noisy 1-way counts, clipped at 0) that spread a merged code back over its
+    # original codes; uniform where absent (artifacts written before them) or where a merged group's weights are 0
+    expansion: dict[str, np.ndarray] = field(default_factory=dict)
 
     def model_size(self, name: str) -> int:
         """Codes of a column in the model domain: the compressed size, or the full size if not compressed."""
@@ -89,8 +93,9 @@ class MeasurementsArtifact:
         return {n: self.model_size(n) for n in self.domain.names}
 
     def expand_codes(self, codes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Model-domain codes -> original codes. A merged code becomes one of its original codes, uniformly
-        (post-processing of public choices)."""
+        """Model-domain codes -> original codes. A merged code becomes one of its original codes, drawn in proportion
+        to their noisy 1-way counts (:attr:`expansion`; uniformly when those are all 0 or absent): post-processing of
+        DP outputs, so a null or rare code whose noisy count fell at or below 0 gets no rows."""
         out = np.empty(codes.shape, dtype=self.domain.code_dtype())
         for j, name in enumerate(self.domain.names):
             mapping = self.compression.get(name)
@@ -98,11 +103,18 @@ class MeasurementsArtifact:
                 out[:, j] = codes[:, j]
                 continue
             col = codes[:, j].astype(np.int64)
-            # members[g] = the original codes merged into model code g
+            # members[g] = the original codes merged into model code g, in order; each group's cumulative weights
             order = np.argsort(mapping, kind="stable")
             counts = np.bincount(mapping, minlength=int(mapping.max()) + 1)
             starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-            pick = starts[col] + np.floor(rng.random(len(col)) * counts[col]).astype(np.int64)
+            weights = self.expansion.get(name)
+            w = np.ones(len(mapping)) if weights is None else np.asarray(weights, dtype=np.float64)[order]
+            group_total = np.bincount(mapping[order], weights=w, minlength=len(counts))
+            w = np.where(group_total[mapping[order]] > 0, w, 1.0)  # a group with no weight: uniform
+            cum = np.cumsum(w)
+            base = np.concatenate([[0.0], cum])[starts]  # cumulative weight before each group
+            u = base[col] + rng.random(len(col)) * (cum[starts + counts - 1] - base)[col]
+            pick = np.minimum(np.searchsorted(cum, u, side="right"), starts[col] + counts[col] - 1)
             out[:, j] = order[pick]
         return out
 
@@ -133,6 +145,7 @@ class MeasurementsArtifact:
                     "columns": self.domain.to_json(),
                     "labels": {c.name: c.labels() for c in self.domain.columns},
                     "compression": {k: v.tolist() for k, v in self.compression.items()},
+                    "expansion": {k: v.tolist() for k, v in self.expansion.items()},
                 },
             )
             table = pa.table(
@@ -189,4 +202,5 @@ class MeasurementsArtifact:
             privacy=lake.read_json(uri, "privacy.json"),
             manifest=manifest,
             rounds=tuple(lake.read_json(uri, "rounds.json")["rounds"]) if fs.exists(f"{path}/rounds.json") else (),
+            expansion={k: np.asarray(v, dtype=np.float64) for k, v in dom.get("expansion", {}).items()},
         )

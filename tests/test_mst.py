@@ -200,3 +200,43 @@ def test_replan_refuses_spent_stages():
     acc.replan({"c": 0.2, "d": 0.8})
     assert acc.allotted("d") == pytest.approx(0.6 * acc.rho) and acc.allotted("b") == pytest.approx(0.25 * acc.rho)
     assert "a" not in acc.plan
+
+
+def test_merged_codes_expand_in_proportion_to_their_noisy_counts(tmp_path):
+    """A merged code is decoded to its original codes in proportion to their noisy 1-way counts clipped at 0: code 2
+    (noisy count -3, e.g. a null code that never occurs) gets no rows, codes 1 and 4 share 3:1. 40,000 draws: the
+    binomial s.d. of a 0.75 share is 0.0022, so 0.011 is five of them. A group whose weights are all 0 is uniform."""
+    from dpbeam.measurements import MeasurementsArtifact
+    from dpbeam.privacy.mst import expansion_weights
+
+    dom = TableDomain((BinnedDomain("a", "int64", False, edges=tuple(range(6))),))
+    noisy = np.array([500, 30, -3, 400, 10])
+    mapping = np.array([0, 2, 2, 1, 2])
+    art = MeasurementsArtifact(dom, {"a": mapping}, (), {"epsilon": 1.0}, expansion={"a": expansion_weights(noisy)})
+    codes = art.expand_codes(np.full((40_000, 1), 2), np.random.default_rng(0))[:, 0]
+    share = np.bincount(codes, minlength=5) / len(codes)
+    assert share[2] == 0 and share[0] == 0 and share[3] == 0
+    assert abs(share[1] - 0.75) < 0.011 and abs(share[4] - 0.25) < 0.011
+    # kept codes map back to themselves
+    np.testing.assert_array_equal(art.expand_codes(np.array([[0], [1]]), np.random.default_rng(0))[:, 0], [0, 3])
+    # all weights 0 in the group: uniform over its three codes (five s.d. of a 1/3 share over 30,000 draws: 0.014)
+    flat = MeasurementsArtifact(dom, {"a": mapping}, (), {"epsilon": 1.0}, expansion={"a": expansion_weights(
+        np.array([500, -1, -3, 400, 0]))})
+    codes = flat.expand_codes(np.full((30_000, 1), 2), np.random.default_rng(1))[:, 0]
+    share = np.bincount(codes, minlength=5) / len(codes)
+    assert np.all(np.abs(share[[1, 2, 4]] - 1 / 3) < 0.014)
+    # the weights travel with the artifact
+    flat.write(str(tmp_path / "m"))
+    np.testing.assert_array_equal(MeasurementsArtifact.read(str(tmp_path / "m")).expansion["a"], [500, 0, 0, 400, 0])
+
+
+def test_mst_keeps_the_noisy_counts_of_compressed_columns():
+    acc = ZCDPAccountant(0.05, 1e-9, mst_plan(len(SIZES)))  # small eps: many rare codes
+    result = run_mst(_cubes(), DOM, 1, acc)
+    assert result.compression and set(result.expansion) == set(result.compression)
+    for n, w in result.expansion.items():
+        assert len(w) == DOM[n].size and np.all(w >= 0)
+        # kept codes' weights are their (positive) noisy counts, the same the 1-way measurement holds
+        one = next(m for m in result.measurements if m.clique == (n,))
+        kept = result.compression[n] < result.compression[n].max()
+        np.testing.assert_allclose(w[kept], one.values[result.compression[n][kept]])

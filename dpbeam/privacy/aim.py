@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from itertools import combinations
 from typing import Any, Callable, Mapping, Sequence
@@ -68,7 +68,7 @@ from dpbeam.errors import SpecError
 from dpbeam.marginals import Clique
 from dpbeam.measurements import NoisyMarginal, estimated_total
 from dpbeam.privacy.accountant import ZCDPAccountant
-from dpbeam.privacy.mst import compress_cube, compress_rare, compressed_one_way
+from dpbeam.privacy.mst import compress_cube, compress_rare, compressed_one_way, expansion_weights
 from dpbeam.privacy.noise import add_discrete_gaussian, gaussian_sigma
 from dpbeam.privacy.selection import exponential_mechanism, l1_score
 
@@ -238,15 +238,16 @@ class AIMResult:
     measurements: tuple[NoisyMarginal, ...]
     compression: dict[str, np.ndarray]
     rounds: tuple[dict[str, Any], ...]
+    expansion: dict[str, np.ndarray] = field(default_factory=dict)  # see mst.expansion_weights
 
 
 def _measure_one_way(cubes, names, k, sigma, accountant, budget: float, low_signal_check: bool
-                     ) -> tuple[list[NoisyMarginal], dict[str, np.ndarray], list[dict[str, Any]]]:
+                     ) -> tuple[list[NoisyMarginal], dict[str, np.ndarray], list[dict[str, Any]], dict[str, np.ndarray]]:
     """The 1-way round (see the module doc): every column at ``sigma``; then, if ``low_signal_check`` and
     :func:`low_signal` says so, every column again at LOW_SIGNAL_SHARE of the budget, the two combined by inverse
     variance (post-processing); then MST's compression of rare codes (noisy count below 3 sigma of the combined
-    estimate; :data:`COMPRESS_AT`). Returns the measurements, the compression and the round log's entries (one or
-    two).
+    estimate; :data:`COMPRESS_AT`). Returns the measurements, the compression, the round log's entries (one or
+    two) and the expansion weights of compressed columns (:func:`dpbeam.privacy.mst.expansion_weights`).
 
     Protects: the 1-way cubes. Sensitivity: one unit (<= k rows) moves one column's cube by at most k in L2 (all k
     rows in one cell). Cost: each discrete Gaussian rho = k^2 / (2 sigma^2), charged as drawn: d of them at ``sigma``
@@ -276,6 +277,7 @@ def _measure_one_way(cubes, names, k, sigma, accountant, budget: float, low_sign
                     "last": False})
         sigma = (1 / sigma**2 + 1 / sigma2**2) ** -0.5
     compression: dict[str, np.ndarray] = {}
+    expansion: dict[str, np.ndarray] = {}
     out = []
     for n in names:
         y = values[n]
@@ -284,8 +286,9 @@ def _measure_one_way(cubes, names, k, sigma, accountant, budget: float, low_sign
             out.append(NoisyMarginal((n,), y, sigma, "discrete Gaussian", rhos[n]))
             continue
         compression[n] = mapping
+        expansion[n] = expansion_weights(y)
         out.append(compressed_one_way(n, y, mapping, sigma, rhos[n])[0])
-    return out, compression, log
+    return out, compression, log, expansion
 
 
 def run_aim(
@@ -325,14 +328,14 @@ def run_aim(
     sigma = gaussian_sigma(rho_m, k)
     say(f"AIM round 1: measuring {d} one-way marginals (sigma={sigma:.3g})")
     simple = d == 1 or len(work) == 0
-    measurements, compression, rounds = _measure_one_way(cubes, names, k, sigma, accountant, budget,
+    measurements, compression, rounds, expansion = _measure_one_way(cubes, names, k, sigma, accountant, budget,
                                                          ONE_WAY_SHARE is not None and not simple)
     if len(rounds) == 2:
         say(f"AIM round 2: low signal, measuring the {d} one-way marginals again (sigma={rounds[1]['sigma']:.3g})")
     tick(1 - left() / budget)
     if simple:
         rounds[-1]["last"] = True
-        return AIMResult(tuple(measurements), compression, tuple(rounds))
+        return AIMResult(tuple(measurements), compression, tuple(rounds), expansion)
 
     sizes = {n: int(compression[n].max()) + 1 if n in compression else domain[n].size for n in names}
     candidates = downward_closure(work, names)
@@ -381,4 +384,4 @@ def run_aim(
                        "rho_measure": rho_m, "candidates": len(fits), "annealed": annealed, "last": last})
         tick(rho_s / budget + rho_m / budget)
         say(f"AIM round {len(rounds)}: measured {list(r)} (sigma={sigma:.3g})")
-    return AIMResult(tuple(measurements), compression, tuple(rounds))
+    return AIMResult(tuple(measurements), compression, tuple(rounds), expansion)

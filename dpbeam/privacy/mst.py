@@ -22,7 +22,7 @@ Total: rho_1 + rho_2 + rho_3 = rho, by zCDP composition.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Callable, Mapping
 
@@ -86,6 +86,7 @@ class MSTResult:
     compression: dict[str, np.ndarray]
     tree: tuple[tuple[str, str], ...]
     refined: tuple[tuple[str, ...], ...] = ()
+    expansion: dict[str, np.ndarray] = field(default_factory=dict)  # see expansion_weights
 
 
 def compress_rare(noisy: np.ndarray, threshold: float) -> np.ndarray | None:
@@ -98,6 +99,13 @@ def compress_rare(noisy: np.ndarray, threshold: float) -> np.ndarray | None:
     mapping[keep] = np.arange(keep.sum())
     mapping[~keep] = keep.sum()
     return mapping
+
+
+def expansion_weights(noisy: np.ndarray) -> np.ndarray:
+    """How a merged code of rare values is spread back over its original codes when rows are decoded: in proportion
+    to each code's noisy 1-way count, clipped at 0 (:meth:`dpbeam.measurements.MeasurementsArtifact.expand_codes`).
+    The counts are the stage's own discrete Gaussian draws, already charged: releasing them is post-processing."""
+    return np.clip(np.asarray(noisy, dtype=np.float64), 0.0, None)
 
 
 def compressed_one_way(
@@ -201,10 +209,12 @@ def run_mst(
 
     # Compression of rare codes: a function of noisy counts only.
     compression: dict[str, np.ndarray] = {}
+    expansion: dict[str, np.ndarray] = {}
     for n in names:
         mapping = compress_rare(noisy1[n], 3 * sigma1)
         if mapping is not None:
             compression[n] = mapping
+            expansion[n] = expansion_weights(noisy1[n])
 
     measurements: list[NoisyMarginal] = []
     model_one_way: dict[str, np.ndarray] = {}
@@ -255,4 +265,4 @@ def run_mst(
             measurements.append(measure_pair((a, b), cubes, domain, compression, model_one_way, total, sigma3, k,
                                              accountant, "mst.measure"))
 
-    return MSTResult(tuple(measurements), compression, tuple(tree))
+    return MSTResult(tuple(measurements), compression, tuple(tree), expansion=expansion)

@@ -153,7 +153,7 @@ def run_refinement(
             measurements.append(measure_pair(c, cubes, domain, compression, one_way, total, sigma_r, k, accountant,
                                              STAGE))
         picked.extend(chosen)
-    return MSTResult(tuple(measurements), compression, base.tree, tuple(picked))
+    return MSTResult(tuple(measurements), compression, base.tree, tuple(picked), expansion=base.expansion)
 
 
 def _select(
