@@ -29,8 +29,9 @@ PROMISE = (
 # What each synthesizer.method measures, one line each (the README's method section quotes these).
 METHODS = {
     "mst": "MST: noisy 1-way marginals, a spanning tree of 2-way marginals chosen by the exponential mechanism, and "
-           "those 2-way marginals, noisy.",
-    "mst-refined": "MST, then one AIM-style round that measures the 2-way marginals the tree model gets most wrong.",
+           "those 2-way marginals, noisy (each on groups of codes when its cells would drown in the noise).",
+    "mst-refined": "MST, then one AIM-style round that measures the 2-way marginals the tree model gets most wrong "
+                   "(each on groups of codes when its cells would drown in the noise).",
     "aim": "AIM: noisy 1-way marginals (measured twice when the table is small for its budget), then rounds that "
            "each select (exponential mechanism) the workload marginal "
            "the current model gets most wrong for its noise and measure it (discrete Gaussian), with a noise scale "
