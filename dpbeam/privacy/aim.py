@@ -225,10 +225,7 @@ def _fit(measurements: Sequence[NoisyMarginal], sizes: Mapping[str, int], total:
     from dpbeam.synth import pgm
     from dpbeam.synth.mirror import Measured, Problem
 
-    measured = [Measured(tuple(m.clique), np.asarray(m.values, dtype=np.float64).ravel(), float(m.stddev),
-                         None if m.weights is None else np.asarray(m.weights, dtype=np.float64).ravel())
-                for m in measurements]
-    problem = Problem(list(sizes), sizes, measured)
+    problem = Problem(list(sizes), sizes, [Measured.of(m) for m in measurements])
     return pgm.fit_problem(problem, total, list(sizes), max_iters, warm_start=warm_start, converge=True,
                            independent_start=True, growth=FIT_GROWTH)
 
