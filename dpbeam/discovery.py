@@ -40,8 +40,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dpbeam.domain import roundest
 from dpbeam.aggregate import UNIT_H1, UNIT_H2
+from dpbeam.domain import roundest
 from dpbeam.privacy._opendp import dp
 from dpbeam.privacy.accountant import ZCDPAccountant
 from dpbeam.privacy.noise import add_discrete_gaussian, gaussian_sigma

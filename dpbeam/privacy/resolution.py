@@ -87,8 +87,7 @@ def column_groups(noisy: np.ndarray, groups: int, ordered: Sequence[int], specia
         m = mass[list(ordered)]
         cum = np.cumsum(m) / m.sum()
         # code j goes to the group of the quantile its mass reaches; ceil keeps every group non-empty from the left
-        group = np.minimum((cum * g - 1e-9).astype(np.int64), g - 1)
-        group = np.maximum.accumulate(group)
+        group = np.minimum((cum * g - 1e-9).astype(np.int64), g - 1)  # cum rises, so groups are runs
         _, group = np.unique(group, return_inverse=True)  # renumber: no empty group in between
         out[list(ordered)] = group
         if special:
@@ -101,14 +100,12 @@ def column_groups(noisy: np.ndarray, groups: int, ordered: Sequence[int], specia
 
 
 def coarse_cube(cube: np.ndarray, groups: Sequence[np.ndarray]) -> np.ndarray:
-    """The cube's cells summed within groups, axis by axis (exact, integer in, integer out)."""
-    out = np.asarray(cube)
-    for axis, g in enumerate(groups):
-        moved = np.moveaxis(out, axis, 0)
-        summed = np.zeros((int(g.max()) + 1,) + moved.shape[1:], dtype=out.dtype)
-        np.add.at(summed, g, moved)
-        out = np.moveaxis(summed, 0, axis)
-    return out
+    """The cube's cells summed within groups, axis by axis (exact, integer in, integer out): MST's
+    :func:`~dpbeam.privacy.mst.compress_cube` with the i-th axis mapped by ``groups[i]``."""
+    from dpbeam.privacy.mst import compress_cube
+
+    axes = tuple(str(i) for i in range(len(groups)))
+    return compress_cube(np.asarray(cube), axes, dict(zip(axes, groups)))
 
 
 def one_way_counts(measurements: Sequence[NoisyMarginal]) -> dict[str, np.ndarray]:
