@@ -571,6 +571,33 @@ class BinEdges(NamedTuple):
     points: tuple[int, ...] = ()
 
 
+def _resolution(x: float) -> float:
+    """The power of ten that ``x`` is a multiple of (the step of its last significant digit); 1e-18 for none."""
+    if x == 0:
+        return math.inf
+    for e in range(math.floor(math.log10(abs(x))), -19, -1):
+        q = x / 10.0**e
+        if abs(q - round(q)) < 1e-9 * abs(q):
+            return 10.0**e
+    return 1e-18
+
+
+def _snap(grid: FineGrid, i: int, heavy: set[int]) -> float:
+    """The edge for a quantile that fell in leaf ``i``: the leaf's roundest number (:func:`domain.roundest`), or,
+    when that has digits finer than a leaf's width (the leaf holds no number as round as the grid resolves), the
+    roundest number of the leaf and its two neighbours (not reaching into a heavy leaf, which is a bin of its own).
+    The noisy walk knows a quantile to about a leaf, so moving it by at most one leaf costs no precision, and values
+    recorded to whole units (minutes of delay, dollars) then fall on one side of every edge. Public: the grid and
+    the leaf the noisy walk answered."""
+    own = roundest(grid.edge(i), grid.edge(i + 1), closed=True)
+    if _resolution(own) >= grid.width:
+        return own
+    lo = grid.edge(i - 1) if i > 0 and i - 1 not in heavy else grid.edge(i)
+    hi = grid.edge(i + 2) if i + 1 < grid.leaves and i + 1 not in heavy else grid.edge(i + 1)
+    wide = roundest(lo, hi, closed=True)
+    return wide if _resolution(wide) > _resolution(own) else own
+
+
 def select_edges(
     leaf_counts: np.ndarray,
     grid: FineGrid,
@@ -607,7 +634,7 @@ def select_edges(
     if kind == "float":
         # a quantile known to one leaf may sit anywhere in it: put the edge on the leaf's roundest number, so that
         # values recorded to whole units (minutes of delay, dollars) fall on one side of it, as they do in the data
-        inner = [grid.edge(i + 1) if i in heavy else roundest(grid.edge(i), grid.edge(i + 1), closed=True)
+        inner = [grid.edge(i + 1) if i in heavy else _snap(grid, i, set(heavy))
                  for i in leaves[1:-1]] + [grid.edge(i) for i in heavy]
     if kind in ("integer", "datetime"):
         lo_i, hi_i = math.floor(lo), math.ceil(hi) - (1 if grid.width == 1.0 else 0)
