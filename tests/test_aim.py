@@ -234,6 +234,109 @@ def test_low_signal_rule_reads_sizes_total_and_sigma():
     assert not aim.low_signal({("a",): 10}, 1.0, 1e9, 1)  # one column: nothing to select among
 
 
+def _group(rng, size):
+    """A random map of ``size`` codes onto 1..size groups, every group used."""
+    g = int(rng.integers(1, size + 1))
+    return rng.permutation(np.arange(size) % g)
+
+
+def test_grouped_score_moves_by_at_most_weight_times_k():
+    """A grouped candidate's score is aim.score on the cube summed within groups (exact and model alike). Summing
+    cells cannot spread a row over two cells, so one unit still moves the grouped cube by <= k in L1 and the score by
+    <= w k: the exponential mechanism's Delta = k max w covers it (deterministic: exact integer arithmetic)."""
+    rng = np.random.default_rng(4)
+    for trial in range(200):
+        shape = tuple(int(x) for x in rng.integers(1, 7, size=2))
+        pick = aim.Candidate(("c0", "c1"), tuple(_group(rng, s) for s in shape))
+        exact = rng.integers(0, 50, size=shape)
+        model = rng.random(shape) * 60
+        k, weight, sigma = int(rng.integers(1, 5)), int(rng.integers(1, 30)), float(rng.random() * 20)
+        neighbour = exact.copy()
+        for _ in range(k):
+            cell = tuple(rng.integers(0, s) for s in shape)
+            if trial % 2 and neighbour[cell] > 0:
+                neighbour[cell] -= 1
+            else:
+                neighbour[cell] += 1
+        coarse, coarse_n = pick.cube(exact), pick.cube(neighbour)
+        assert coarse.shape == tuple(pick.group_counts) and coarse.sum() == exact.sum()
+        assert np.abs(coarse - coarse_n).sum() <= k  # the grouped cube's L1 (and so L2) sensitivity is still k
+        a = aim.score(coarse, pick.cube(model), weight, sigma)
+        b = aim.score(coarse_n, pick.cube(model), weight, sigma)
+        assert isinstance(a, int) and abs(a - b) <= weight * k
+        # the penalty counts the grouped cells: sqrt(2/pi) sigma (g_a g_b), rounded up
+        assert aim.score(coarse, coarse, 1, sigma) == -math.ceil(aim.EXPECTED_ABS * sigma * coarse.size)
+
+
+def test_pairs_are_offered_on_groups_only_when_their_noise_drowns_them():
+    """Grouped offers read the noisy 1-way counts, a noisy total and sigma (post-processing); the whole clique stays
+    offered beside them, so a pair measured on groups can later be measured whole."""
+    cliques = aim.downward_closure(aim.workload(None, NAMES), NAMES)
+    cubes = _cubes(cliques)
+    one_way = {n: cubes[(n,)].astype(float) + 7.0 for n in NAMES}  # stand-ins for noisy counts
+    quiet = aim.offers(cliques, DOM, {}, one_way, 1e-3, 5000.0)
+    assert [c.clique for c in quiet] == cliques and all(c.groups is None for c in quiet)
+    loud = aim.offers(cliques, DOM, {}, one_way, 500.0, 5000.0)
+    grouped = [c for c in loud if c.groups is not None]
+    assert [c.clique for c in loud[:len(cliques)]] == cliques and all(c.groups is None for c in loud[:len(cliques)])
+    assert grouped and all(len(c.clique) == 2 for c in grouped)
+    for c in grouped:
+        a, b = c.clique
+        assert [len(g) for g in c.groups] == [cubes[(a,)].size, cubes[(b,)].size]  # codes of the model domain
+        # 500 x 0.4 / 5000 x cells <= 0.1 allows 2.5 cells: the floor of 2 x 2 groups per pair of >= 2 codes
+        assert math.prod(c.group_counts) <= max(4, SIZES[NAMES.index(a)] * SIZES[NAMES.index(b)])
+        assert math.prod(c.group_counts) < cubes[c.clique].size
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_grouped_rounds_are_charged_as_whole_ones_and_end_on_the_budget(monkeypatch, k):
+    """Force every pair onto groups (a grouped offer whenever the noise TVD exceeds 0): each grouped measurement is one
+    discrete Gaussian on the grouped cube at the round's sigma, L2 sensitivity k, rho = k^2 / (2 sigma^2); every
+    selection keeps Delta = k max w; the charges sum to the budget."""
+    monkeypatch.setattr(aim, "GROUP_NOISE_TVD", 1e-9)
+    work = aim.workload(None, NAMES)
+    acc, result = _run(eps=1.0, k=k, work=work)
+    _assert_spent_exactly(acc)
+    weights = aim.candidate_weights(work, aim.downward_closure(work, NAMES))
+    selections = [c for c in acc.charges if c.mechanism.startswith("exponential")]
+    assert selections and all(c.detail["sensitivity"] == k * max(weights.values()) for c in selections)
+    grouped = [m for m in result.measurements if m.groups is not None]
+    assert grouped, "no round measured on groups"
+    gauss = [c for c in acc.charges if c.mechanism == "discrete Gaussian"]
+    assert len(gauss) == len(result.measurements)  # one draw per measurement, none for the groups' choice
+    for m, c in zip(result.measurements, gauss):
+        assert c.detail["sensitivity_l2"] == k and c.rho == pytest.approx(k**2 / (2 * m.stddev**2), rel=1e-9)
+        assert c.detail["clique"] == list(m.clique)
+        if m.groups is not None:
+            assert c.detail["groups"] == [int(g.max()) + 1 for g in m.groups] == list(m.values.shape)
+            assert [len(g) for g in m.groups] == [SIZES[NAMES.index(n)] for n in m.clique]
+    logged = [r for r in result.rounds if "groups" in r]
+    assert [r["groups"] for r in logged] == [[int(g.max()) + 1 for g in m.groups] for m in grouped]
+    # the rounds' candidate counts include the grouped offers (one per pair that fits, beside the whole pair)
+    assert any(r["candidates"] > len(aim.downward_closure(work, NAMES)) for r in result.rounds[1:])
+
+
+def test_grouped_measurement_adds_noise_once_per_group_cell():
+    """The cells are summed before the noise: noisy - Q exact has scale sigma per grouped cell (not sigma sqrt(m),
+    m = 100 cells per group here). Five measurements of a 10 x 10 grouped cube give n = 500 residuals; their mean
+    square over sigma^2 is a chi-square mean, 1 +- sqrt(2 / n) = 0.063 per standard deviation. The bounds 1 +- 6 sd
+    (0.62, 1.38) fail a correct sampler with probability < 1e-8 and any scale off by sqrt(2) or more (mean 2 or 0.5)
+    almost surely. (OpenDP's sampler takes no seed; the exact cube is fixed, seed 5.)"""
+    rng = np.random.default_rng(5)
+    exact = rng.integers(0, 40, size=(100, 100))
+    pick = aim.Candidate(("c0", "c1"), (np.arange(100) // 10, np.arange(100) % 10))
+    acc = ZCDPAccountant(50.0, 1e-9, aim.aim_plan())  # room for five draws of rho = 4 / 18
+    sigma, z = 3.0, []
+    for _ in range(5):
+        m = aim.measure(pick, exact, sigma, 2, acc)
+        assert m.values.shape == (10, 10) and m.groups is pick.groups and m.stddev == sigma
+        z.extend(((m.values - pick.cube(exact)) / sigma).ravel().tolist())
+    sd = math.sqrt(2 / len(z))
+    assert 1 - 6 * sd < float(np.mean(np.square(z))) < 1 + 6 * sd
+    assert [c.rho for c in acc.charges] == pytest.approx([4 / (2 * sigma**2)] * 5, rel=1e-9)
+    assert all(c.detail["groups"] == [10, 10] and c.detail["sensitivity_l2"] == 2 for c in acc.charges)
+
+
 def test_tiny_model_cap_keeps_to_covered_cliques_and_the_budget():
     acc, result = _run(eps=1.0, max_cells=1)
     assert all(len(r["clique"][0]) == 1 for r in result.rounds[1:])  # no pair fits: 1-way cliques are re-measured

@@ -19,20 +19,30 @@ The loop, all in one budget stage (``aim``, rho_A = its allotment), T = 16 d ini
      junction tree of the measured cliques plus r, total cells of its maximal cliques. A candidate the model already
      covers never grows it, so the 1-way cliques always pass. The candidate set is a function of public sizes and
      earlier DP outputs only, so the filter is free.
-   - score q_r = w_r (||M_r(D) - round(M_r(model))||_1 - ceil(sqrt(2/pi) sigma n_r)), n_r the cells of r: the model's
-     L1 error minus the L1 error a measurement at sigma is expected to have, both integers (the L1 exactly, by
-     :func:`dpbeam.privacy.selection.l1_score`). Sensitivity: the model and the penalty are fixed before the exact
-     cube is read, and one unit (<= k rows) moves M_r(D) by at most k in L1, so q_r moves by at most w_r k <= Delta =
-     k max_r w_r. The exponential mechanism (OpenDP's Gumbel noisy max, integer scores, d_in = Delta) picks r at
-     rho_s = (1 - alpha) rho_round.
-   - measure r with the discrete Gaussian, L2 sensitivity k, at rho_m = alpha rho_round (sigma = k / sqrt(2 rho_m)).
-   - anneal: if the refitted model's marginal on r moved by at most sqrt(2/pi) sigma n_r in L1 (the measurement told
-     the model little), rho_round grows by ANNEAL (AIM: 4, sigma halves; here 2, sigma / sqrt 2).
+   - offer every such candidate whole and, for a 2-way candidate whose full cube at the round's sigma would drown in
+     noise (expected noise TVD above GROUP_NOISE_TVD), also on groups of codes (:func:`offers`): Q_r sums the cells
+     within groups, the groups chosen by :func:`dpbeam.privacy.resolution.pair_groups` from public sizes and kinds,
+     sigma, the noisy 1-way counts and the noisy row estimate (post-processing, free). Q_r is the identity for a
+     whole candidate. A pair measured on groups stays offered whole in later rounds.
+   - score q_r = w_r (||Q_r M_r(D) - round(Q_r M_r(model))||_1 - ceil(sqrt(2/pi) sigma n_r)), n_r the cells of Q_r
+     M_r (the grouped cells for a grouped candidate): the model's L1 error minus the L1 error a measurement at sigma
+     is expected to have, both integers (the L1 exactly, by :func:`dpbeam.privacy.selection.l1_score`). Sensitivity:
+     the model, Q_r and the penalty are fixed before the exact cube is read; one unit (<= k rows) moves M_r(D) by at
+     most k in L1, and summing cells within groups cannot increase that (each row still lands in one cell), so q_r
+     moves by at most w_r k <= Delta = k max_r w_r, grouped or not. The exponential mechanism (OpenDP's Gumbel noisy
+     max, integer scores, d_in = Delta) picks among all offers at rho_s = (1 - alpha) rho_round.
+   - measure Q_r M_r(D) with the discrete Gaussian (:func:`measure`): L2 sensitivity k (all k rows of a unit in one
+     cell is the worst case, grouped or not), at rho_m = alpha rho_round = k^2 / (2 sigma^2). The measurement carries
+     its groups; the fit takes it as y = Q mu (:class:`dpbeam.synth.mirror.Measured`).
+   - anneal: if the refitted model's (grouped) marginal Q_r M_r moved by at most sqrt(2/pi) sigma n_r in L1 (the
+     measurement told the model little), rho_round grows by ANNEAL (AIM: 4, sigma halves; here 2, sigma / sqrt 2).
+     The size cap counts the junction tree, which grows by the full clique either way.
    - last round: when what is left of rho_A is less than 2 rho_round, or when ``max_minutes`` have passed, the round
      spends exactly what is left (alpha of it on the measurement) and the loop ends.
 
 Privacy (a zCDP privacy filter). rho_A is fixed before the run. Whether the 1-way marginals are measured a second
-time, and each round's rho_round, sigma, candidate set and whether it is the last are chosen from earlier outputs
+time, and each round's rho_round, sigma, candidate set (groups included) and whether it is the last are chosen from
+earlier outputs
 (the measurements, the selections, the models fitted to them; and, for the time cap, the clock: see below) and the
 public spec. Every release is charged to the accountant, which refuses, before noise is drawn, any charge that would
 take the stage past rho_A (compared exactly); the last round is sized to the remainder, so the charges sum to rho_A
@@ -49,7 +59,8 @@ compression, the measured cliques), so when it fires depends on those outputs an
 (timing is outside the promise in any case: see the README's threat model).
 
 Rows of the artifact: every measurement, and a round log (round, clique, sigma, rho of the selection and of the
-measurement, candidates, whether the round annealed, whether it was the last): all DP outputs or public.
+measurement, candidates, whether the round annealed, whether it was the last, the group counts of a grouped
+measurement): all DP outputs or public.
 """
 
 from __future__ import annotations
@@ -70,6 +81,7 @@ from dpbeam.measurements import NoisyMarginal, estimated_total
 from dpbeam.privacy.accountant import ZCDPAccountant
 from dpbeam.privacy.mst import compress_cube, compress_rare, compressed_one_way, expansion_weights
 from dpbeam.privacy.noise import add_discrete_gaussian, gaussian_sigma
+from dpbeam.privacy.resolution import coarse_cube, one_way_counts, pair_groups
 from dpbeam.privacy.selection import exponential_mechanism, l1_score
 
 STAGE = "aim"
@@ -103,6 +115,10 @@ LOW_SIGNAL_SHARE = 0.5
 # 0.0366 / 0.1014 at eps 1 / 0.1 against 3's 0.0373-0.0384 / 0.1065, but 0.0212 against 0.0203 at eps 10; 0.75, 0 and 5
 # gave 0.0370, 0.0390 and 0.0413 at eps 1. Within the runs' spread, so MST's rule stays.
 COMPRESS_AT = 3.0
+# A 2-way candidate is also offered on groups of codes when its full cube measured at the round's sigma would carry an
+# expected noise TVD above this (:func:`dpbeam.privacy.resolution.pair_groups`; the groups hold at most the cells
+# this allows). MST and the refinement use resolution.MAX_NOISE_TVD (0.1).
+GROUP_NOISE_TVD = 0.1
 WEIGHT_RESOLUTION = 1000  # non-integer workload weights are scaled so the largest is this, then rounded
 EXPECTED_ABS = math.sqrt(2 / math.pi)  # E|Z| / sigma for a Gaussian Z
 
@@ -212,6 +228,58 @@ def score(exact: np.ndarray, model: np.ndarray, weight: int, sigma: float) -> in
     outputs), so adding or removing one unit (<= k rows, <= k in L1 on ``exact``) moves it by at most w k."""
     penalty = math.ceil(EXPECTED_ABS * sigma * exact.size)
     return int(weight) * (l1_score(exact, model) - penalty)
+
+
+Groups = tuple[np.ndarray, ...]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What a round may measure: a clique of the downward closure, whole (``groups`` None) or on groups of codes
+    (``groups[i]`` maps the model codes of its i-th column to group codes; :mod:`dpbeam.privacy.resolution`)."""
+
+    clique: Clique
+    groups: Groups | None = None
+
+    def cube(self, marginal: np.ndarray) -> np.ndarray:
+        """The marginal (exact or the model's) as this candidate measures it: its cells summed within groups."""
+        return marginal if self.groups is None else coarse_cube(marginal, self.groups)
+
+    @property
+    def group_counts(self) -> list[int] | None:
+        return None if self.groups is None else [int(g.max()) + 1 for g in self.groups]
+
+
+def offers(cliques: Sequence[Clique], domain: TableDomain, compression: Mapping[str, np.ndarray],
+           one_way: Mapping[str, np.ndarray], sigma: float, total: float) -> list[Candidate]:
+    """The candidates of a round at noise scale ``sigma``: every clique whole, and every 2-way clique whose full cube
+    would drown in the noise (expected noise TVD above :data:`GROUP_NOISE_TVD`) also on the groups
+    :func:`dpbeam.privacy.resolution.pair_groups` chooses. Reads public sizes and kinds, ``sigma`` and earlier DP
+    outputs (the compression, the noisy 1-way counts ``one_way`` and the noisy row estimate ``total``) only, so the
+    list costs nothing."""
+    out = [Candidate(r) for r in cliques]
+    for r in cliques:
+        if len(r) == 2:
+            groups = pair_groups(r, domain, compression, one_way, sigma, total, GROUP_NOISE_TVD)
+            if groups is not None:
+                out.append(Candidate(r, groups))
+    return out
+
+
+def measure(pick: Candidate, exact: np.ndarray, sigma: float, k: int, accountant: ZCDPAccountant) -> NoisyMarginal:
+    """Measure a round's pick: its exact cube (model domain), summed within its groups if it has any, plus discrete
+    Gaussian noise of scale ``sigma`` on every (grouped) cell, charged to the ``aim`` stage.
+
+    Protects: the clique's cube. Sensitivity: one unit (<= k rows) moves the cube by at most k in L2 (all k rows in
+    one cell is the worst case); summing cells within public groups cannot spread a row over two cells, so the grouped
+    cube's L2 sensitivity is k as well. Cost: rho = k^2 / (2 sigma^2) either way. The groups are post-processing of
+    earlier DP outputs (:func:`offers`). (Checked by ``test_grouped_rounds_are_charged_as_whole_ones...`` and
+    ``test_grouped_measurement_adds_noise_once_per_group_cell``.)"""
+    grouped = {} if pick.groups is None else {"groups": pick.group_counts}
+    noisy, rho = add_discrete_gaussian(pick.cube(exact), sigma, k)
+    accountant.charge(STAGE, "discrete Gaussian", rho, clique=list(pick.clique), sigma=sigma, sensitivity_l2=k,
+                      **grouped)
+    return NoisyMarginal(pick.clique, noisy.astype(np.float64), sigma, "discrete Gaussian", rho, groups=pick.groups)
 
 
 def _fit(measurements: Sequence[NoisyMarginal], sizes: Mapping[str, int], total: float, warm_start: Any,
@@ -339,8 +407,8 @@ def run_aim(
     weights = candidate_weights(work, candidates)
     delta = k * max(weights.values())
     exact = {r: compress_cube(cubes[r], r, compression) for r in candidates}
-    cells = {r: exact[r].size for r in candidates}
     total = estimated_total(measurements)
+    one_way = one_way_counts(measurements)  # the groups of a 2-way candidate are chosen from these (post-processing)
     rho_m, rho_s = initial_plan(left() if ONE_WAY_SHARE is not None else budget, d)
     model = _fit(measurements, sizes, total, None, round_iters)
     rho_round = rho_m + rho_s
@@ -364,21 +432,23 @@ def run_aim(
         fits = [r for r in candidates
                 if any(set(r) <= c for c in covered) or model_cells(sizes, measured + [r]) <= max(limit, now)]
         before = {r: model.clique_marginal(r) for r in fits}
-        scores = [score(exact[r], before[r], weights[r], sigma) for r in fits]
+        offered = offers(fits, domain, compression, one_way, sigma, total)
+        scores = [score(c.cube(exact[c.clique]), c.cube(before[c.clique]), weights[c.clique], sigma) for c in offered]
         idx, rho = exponential_mechanism(scores, sensitivity=delta, rho=rho_s)
-        accountant.charge(STAGE, "exponential mechanism (Gumbel noisy max)", rho, candidates=len(fits),
+        accountant.charge(STAGE, "exponential mechanism (Gumbel noisy max)", rho, candidates=len(offered),
                           sensitivity=delta)
-        r = fits[idx]
-        noisy, rho = add_discrete_gaussian(exact[r], sigma, k)
-        accountant.charge(STAGE, "discrete Gaussian", rho, clique=list(r), sigma=sigma, sensitivity_l2=k)
-        measurements.append(NoisyMarginal(r, noisy.astype(np.float64), sigma, "discrete Gaussian", rho))
+        pick = offered[idx]
+        r = pick.clique
+        grouped = {} if pick.groups is None else {"groups": pick.group_counts}
+        measurements.append(measure(pick, exact[r], sigma, k, accountant))
         model = _fit(measurements, sizes, total, model, round_iters)
-        moved = float(np.abs(model.clique_marginal(r) - before[r]).sum())
-        annealed = not last and moved <= EXPECTED_ABS * sigma * cells[r]
+        moved = float(np.abs(pick.cube(model.clique_marginal(r)) - pick.cube(before[r])).sum())
+        annealed = not last and moved <= EXPECTED_ABS * sigma * measurements[-1].values.size
         if annealed:
             rho_round *= ANNEAL
         rounds.append({"round": len(rounds) + 1, "clique": [list(r)], "sigma": sigma, "rho_select": rho_s,
-                       "rho_measure": rho_m, "candidates": len(fits), "annealed": annealed, "last": last})
+                       "rho_measure": rho_m, "candidates": len(offered), "annealed": annealed, "last": last,
+                       **grouped})
         tick(rho_s / budget + rho_m / budget)
-        say(f"AIM round {len(rounds)}: measured {list(r)} (sigma={sigma:.3g})")
+        say(f"AIM round {len(rounds)}: measured {list(r)}{' on groups' if grouped else ''} (sigma={sigma:.3g})")
     return AIMResult(tuple(measurements), compression, tuple(rounds), expansion)
