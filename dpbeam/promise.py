@@ -34,7 +34,8 @@ METHODS = {
                    "(each on groups of codes when its cells would drown in the noise).",
     "aim": "AIM: noisy 1-way marginals (measured twice when the table is small for its budget), then rounds that "
            "each select (exponential mechanism) the workload marginal "
-           "the current model gets most wrong for its noise and measure it (discrete Gaussian), with a noise scale "
+           "the current model gets most wrong for its noise and measure it (discrete Gaussian; a 2-way marginal whose "
+           "cells would drown in the noise may be selected and measured on groups of codes), with a noise scale "
            "that shrinks when a measurement stops moving the model; the last round spends what is left.",
 }
 

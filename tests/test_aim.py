@@ -293,7 +293,8 @@ def test_grouped_rounds_are_charged_as_whole_ones_and_end_on_the_budget(monkeypa
     """Force every pair onto groups (a grouped offer whenever the noise TVD exceeds 0): each grouped measurement is one
     discrete Gaussian on the grouped cube at the round's sigma, L2 sensitivity k, rho = k^2 / (2 sigma^2); every
     selection keeps Delta = k max w; the charges sum to the budget."""
-    monkeypatch.setattr(aim, "GROUP_NOISE_TVD", 1e-9)
+    monkeypatch.setattr(aim, "GROUP_NOISE_TVD", (1e-9,))
+    monkeypatch.setattr(aim, "GROUPED_SIGNAL", 0.0)
     work = aim.workload(None, NAMES)
     acc, result = _run(eps=1.0, k=k, work=work)
     _assert_spent_exactly(acc)
@@ -314,6 +315,18 @@ def test_grouped_rounds_are_charged_as_whole_ones_and_end_on_the_budget(monkeypa
     assert [r["groups"] for r in logged] == [[int(g.max()) + 1 for g in m.groups] for m in grouped]
     # the rounds' candidate counts include the grouped offers (one per pair that fits, beside the whole pair)
     assert any(r["candidates"] > len(aim.downward_closure(work, NAMES)) for r in result.rounds[1:])
+
+
+def test_no_grouped_offers_when_the_rounds_are_not_noisy(monkeypatch):
+    """Grouped offers are switched off for the whole run when a typical pair is measured with little noise
+    (median_pair_noise below GROUPED_SIGNAL): then every round selects among the whole cliques only."""
+    monkeypatch.setattr(aim, "GROUP_NOISE_TVD", (1e-9,))  # every pair would be offered on groups if the switch were on
+    monkeypatch.setattr(aim, "GROUPED_SIGNAL", math.inf)
+    work = aim.workload(None, NAMES)
+    acc, result = _run(eps=1.0, work=work)
+    assert all(m.groups is None for m in result.measurements) and not any("groups" in r for r in result.rounds)
+    assert all(r["candidates"] <= len(aim.downward_closure(work, NAMES)) for r in result.rounds[1:])
+    _assert_spent_exactly(acc)
 
 
 def test_grouped_measurement_adds_noise_once_per_group_cell():

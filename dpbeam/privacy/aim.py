@@ -19,8 +19,10 @@ The loop, all in one budget stage (``aim``, rho_A = its allotment), T = 16 d ini
      junction tree of the measured cliques plus r, total cells of its maximal cliques. A candidate the model already
      covers never grows it, so the 1-way cliques always pass. The candidate set is a function of public sizes and
      earlier DP outputs only, so the filter is free.
-   - offer every such candidate whole and, for a 2-way candidate whose full cube at the round's sigma would drown in
-     noise (expected noise TVD above GROUP_NOISE_TVD), also on groups of codes (:func:`offers`): Q_r sums the cells
+   - offer every such candidate whole and, when the rounds are noisy for the table (:func:`median_pair_noise` at the
+     rounds' first sigma at least GROUPED_SIGNAL, decided once from public sizes and DP outputs), a 2-way candidate
+     whose full cube at the round's sigma would drown in noise (expected noise TVD above a limit of
+     GROUP_NOISE_TVD) also on groups of codes (:func:`offers`): Q_r sums the cells
      within groups, the groups chosen by :func:`dpbeam.privacy.resolution.pair_groups` from public sizes and kinds,
      sigma, the noisy 1-way counts and the noisy row estimate (post-processing, free). Q_r is the identity for a
      whole candidate. A pair measured on groups stays offered whole in later rounds.
@@ -116,9 +118,20 @@ LOW_SIGNAL_SHARE = 0.5
 # gave 0.0370, 0.0390 and 0.0413 at eps 1. Within the runs' spread, so MST's rule stays.
 COMPRESS_AT = 3.0
 # A 2-way candidate is also offered on groups of codes when its full cube measured at the round's sigma would carry an
-# expected noise TVD above this (:func:`dpbeam.privacy.resolution.pair_groups`; the groups hold at most the cells
-# this allows). MST and the refinement use resolution.MAX_NOISE_TVD (0.1).
-GROUP_NOISE_TVD = 0.1
+# expected noise TVD above a limit (:func:`dpbeam.privacy.resolution.pair_groups`; the groups hold at most the cells
+# the limit allows), once per limit here (a coarser and a finer grouping; the same groups are offered once). MST and
+# the refinement use one limit, resolution.MAX_NOISE_TVD = 0.1. Adult, mean 2-way / 3-way TVD (eps 1: 3 runs each;
+# eps 0.1: 6 runs, spread (sd) 0.002-0.003): no grouped offers 0.0363 / 0.0837 at eps 1 and 0.0987 at eps 0.1 (3 runs);
+# 0.1 alone 0.0352 / 0.0812 and 0.0980; 0.05 alone 0.0348 / 0.0793 and 0.1004; (0.1, 0.05) 0.0345 / 0.0790 and 0.0982;
+# 0.2 0.0354, 0.025 0.0355 and (0.1, 0.03) 0.0350 at eps 1.
+GROUP_NOISE_TVD: tuple[float, ...] = (0.1, 0.05)
+# Grouped offers are made only when the rounds are noisy for the table: the median over column pairs of sqrt(2/pi)
+# sigma n_a n_b / N at the rounds' first sigma (:func:`median_pair_noise`, the low-signal rule's quantity) is at least
+# this. On Adult it is 8.1 at eps 0.1, 0.88 at 1, 0.31 at 3 and 0.10 at 10. At eps 10 grouped offers gave 2-way /
+# 3-way TVD 0.0211 / 0.0599 (6 runs: 0.0199-0.0240) against 0.0197 / 0.0582 without (3 runs, sd 0.0001), and offering
+# a pair on groups only when its full cube's noise TVD passed 0.3 still gave 0.0218 / 0.0633 (3 runs); at eps 1 they
+# gain 0.0018 (see GROUP_NOISE_TVD). The limit sits near the geometric mean of 0.10 and 0.88 (eps 3 not measured).
+GROUPED_SIGNAL = 0.3
 WEIGHT_RESOLUTION = 1000  # non-integer workload weights are scaled so the largest is this, then rounded
 EXPECTED_ABS = math.sqrt(2 / math.pi)  # E|Z| / sigma for a Gaussian Z
 
@@ -212,14 +225,20 @@ def one_way_rho(rho: float, d: int) -> float:
     return ONE_WAY_SHARE * rho / d
 
 
-def low_signal(one_way_cells: Mapping[Clique, int], total: float, sigma: float, d: int) -> bool:
-    """Whether the rounds cannot pay for their noise (see :data:`LOW_SIGNAL_NOISE`): the median over the column pairs
-    of sqrt(2/pi) sigma n_a n_b / total exceeds it, n_a the public domain size of column a (before compression). Reads
-    public sizes, the noisy row estimate ``total`` of the first 1-way measurements and the rounds' planned first
-    sigma: a function of the spec and of DP outputs only, so the branch it picks costs nothing. False for one column."""
+def median_pair_noise(one_way_cells: Mapping[Clique, int], total: float, sigma: float) -> float:
+    """The median over the column pairs of sqrt(2/pi) sigma n_a n_b / total, n_a the public domain size of column a
+    (before compression): a typical pair's expected L1 noise at ``sigma`` over the noisy row estimate ``total``. Public
+    sizes, a noise scale and a DP output only, so a branch taken on it costs nothing. 0 for one column."""
     sizes = [int(one_way_cells[c]) for c in one_way_cells]
     noise = [EXPECTED_ABS * sigma * a * b / max(total, 1.0) for a, b in combinations(sizes, 2)]
-    return bool(noise) and float(np.median(noise)) > LOW_SIGNAL_NOISE
+    return float(np.median(noise)) if noise else 0.0
+
+
+def low_signal(one_way_cells: Mapping[Clique, int], total: float, sigma: float, d: int) -> bool:
+    """Whether the rounds cannot pay for their noise (see :data:`LOW_SIGNAL_NOISE`): :func:`median_pair_noise` at the
+    rounds' planned first sigma and the noisy row estimate ``total`` of the first 1-way measurements exceeds it: a
+    function of the spec and of DP outputs only, so the branch it picks costs nothing. False for one column."""
+    return median_pair_noise(one_way_cells, total, sigma) > LOW_SIGNAL_NOISE
 
 
 def score(exact: np.ndarray, model: np.ndarray, weight: int, sigma: float) -> int:
@@ -251,18 +270,21 @@ class Candidate:
 
 
 def offers(cliques: Sequence[Clique], domain: TableDomain, compression: Mapping[str, np.ndarray],
-           one_way: Mapping[str, np.ndarray], sigma: float, total: float) -> list[Candidate]:
+           one_way: Mapping[str, np.ndarray], sigma: float, total: float, grouped: bool = True) -> list[Candidate]:
     """The candidates of a round at noise scale ``sigma``: every clique whole, and every 2-way clique whose full cube
-    would drown in the noise (expected noise TVD above :data:`GROUP_NOISE_TVD`) also on the groups
-    :func:`dpbeam.privacy.resolution.pair_groups` chooses. Reads public sizes and kinds, ``sigma`` and earlier DP
+    would drown in the noise (expected noise TVD above a limit of :data:`GROUP_NOISE_TVD`) also on the groups
+    :func:`dpbeam.privacy.resolution.pair_groups` chooses for that limit (each distinct grouping once). Reads public sizes and kinds, ``sigma`` and earlier DP
     outputs (the compression, the noisy 1-way counts ``one_way`` and the noisy row estimate ``total``) only, so the
-    list costs nothing."""
+    list costs nothing. ``grouped`` False: the cliques whole only."""
     out = [Candidate(r) for r in cliques]
-    for r in cliques:
+    for r in cliques if grouped else ():
         if len(r) == 2:
-            groups = pair_groups(r, domain, compression, one_way, sigma, total, GROUP_NOISE_TVD)
-            if groups is not None:
-                out.append(Candidate(r, groups))
+            seen = set()
+            for limit in GROUP_NOISE_TVD:
+                groups = pair_groups(r, domain, compression, one_way, sigma, total, limit)
+                if groups is not None and (key := tuple(int(g.max()) for g in groups)) not in seen:
+                    seen.add(key)
+                    out.append(Candidate(r, groups))
     return out
 
 
@@ -410,6 +432,8 @@ def run_aim(
     total = estimated_total(measurements)
     one_way = one_way_counts(measurements)  # the groups of a 2-way candidate are chosen from these (post-processing)
     rho_m, rho_s = initial_plan(left() if ONE_WAY_SHARE is not None else budget, d)
+    grouped = median_pair_noise({(n,): domain[n].size for n in names}, total,
+                                gaussian_sigma(rho_m, k)) >= GROUPED_SIGNAL  # public sizes and DP outputs: free
     model = _fit(measurements, sizes, total, None, round_iters)
     rho_round = rho_m + rho_s
     last = False
@@ -432,14 +456,14 @@ def run_aim(
         fits = [r for r in candidates
                 if any(set(r) <= c for c in covered) or model_cells(sizes, measured + [r]) <= max(limit, now)]
         before = {r: model.clique_marginal(r) for r in fits}
-        offered = offers(fits, domain, compression, one_way, sigma, total)
+        offered = offers(fits, domain, compression, one_way, sigma, total, grouped)
         scores = [score(c.cube(exact[c.clique]), c.cube(before[c.clique]), weights[c.clique], sigma) for c in offered]
         idx, rho = exponential_mechanism(scores, sensitivity=delta, rho=rho_s)
         accountant.charge(STAGE, "exponential mechanism (Gumbel noisy max)", rho, candidates=len(offered),
                           sensitivity=delta)
         pick = offered[idx]
         r = pick.clique
-        grouped = {} if pick.groups is None else {"groups": pick.group_counts}
+        on_groups = {} if pick.groups is None else {"groups": pick.group_counts}
         measurements.append(measure(pick, exact[r], sigma, k, accountant))
         model = _fit(measurements, sizes, total, model, round_iters)
         moved = float(np.abs(pick.cube(model.clique_marginal(r)) - pick.cube(before[r])).sum())
@@ -448,7 +472,7 @@ def run_aim(
             rho_round *= ANNEAL
         rounds.append({"round": len(rounds) + 1, "clique": [list(r)], "sigma": sigma, "rho_select": rho_s,
                        "rho_measure": rho_m, "candidates": len(offered), "annealed": annealed, "last": last,
-                       **grouped})
+                       **on_groups})
         tick(rho_s / budget + rho_m / budget)
-        say(f"AIM round {len(rounds)}: measured {list(r)}{' on groups' if grouped else ''} (sigma={sigma:.3g})")
+        say(f"AIM round {len(rounds)}: measured {list(r)}{' on groups' if on_groups else ''} (sigma={sigma:.3g})")
     return AIMResult(tuple(measurements), compression, tuple(rounds), expansion)
