@@ -21,11 +21,11 @@ The loop, all in one budget stage (``aim``, rho_A = its allotment), T = 16 d ini
      earlier DP outputs only, so the filter is free.
    - offer every such candidate whole and, when the rounds are noisy for the table (:func:`median_pair_noise` at the
      rounds' first sigma at least GROUPED_SIGNAL, decided once from public sizes and DP outputs), a 2-way candidate
-     whose full cube at the round's sigma would drown in noise (expected noise TVD above a limit of
-     GROUP_NOISE_TVD) also on groups of codes (:func:`offers`): Q_r sums the cells
-     within groups, the groups chosen by :func:`dpbeam.privacy.resolution.pair_groups` from public sizes and kinds,
-     sigma, the noisy 1-way counts and the noisy row estimate (post-processing, free). Q_r is the identity for a
-     whole candidate. A pair measured on groups stays offered whole in later rounds.
+     whose full cube at the round's sigma would drown in noise (expected noise TVD above a limit of GROUP_NOISE_TVD)
+     also on groups of codes (:func:`offers`): Q_r sums the cells within groups, the groups chosen by
+     :func:`dpbeam.privacy.resolution.pair_groups` from public sizes and kinds, sigma, the noisy 1-way counts and the
+     noisy row estimate (post-processing, free). Q_r is the identity for a whole candidate. A pair measured on groups
+     stays offered whole in later rounds.
    - score q_r = w_r (||Q_r M_r(D) - round(Q_r M_r(model))||_1 - ceil(sqrt(2/pi) sigma n_r)), n_r the cells of Q_r
      M_r (the grouped cells for a grouped candidate): the model's L1 error minus the L1 error a measurement at sigma
      is expected to have, both integers (the L1 exactly, by :func:`dpbeam.privacy.selection.l1_score`). Sensitivity:
@@ -273,9 +273,9 @@ def offers(cliques: Sequence[Clique], domain: TableDomain, compression: Mapping[
            one_way: Mapping[str, np.ndarray], sigma: float, total: float, grouped: bool = True) -> list[Candidate]:
     """The candidates of a round at noise scale ``sigma``: every clique whole, and every 2-way clique whose full cube
     would drown in the noise (expected noise TVD above a limit of :data:`GROUP_NOISE_TVD`) also on the groups
-    :func:`dpbeam.privacy.resolution.pair_groups` chooses for that limit (each distinct grouping once). Reads public sizes and kinds, ``sigma`` and earlier DP
-    outputs (the compression, the noisy 1-way counts ``one_way`` and the noisy row estimate ``total``) only, so the
-    list costs nothing. ``grouped`` False: the cliques whole only."""
+    :func:`dpbeam.privacy.resolution.pair_groups` chooses for that limit (each distinct grouping once). Reads public
+    sizes and kinds, ``sigma`` and earlier DP outputs (the compression, the noisy 1-way counts ``one_way`` and the
+    noisy row estimate ``total``) only, so the list costs nothing. ``grouped`` False: the cliques whole only."""
     out = [Candidate(r) for r in cliques]
     for r in cliques if grouped else ():
         if len(r) == 2:
