@@ -130,7 +130,8 @@ GROUP_NOISE_TVD: tuple[float, ...] = (0.1, 0.05)
 # this. On Adult it is 8.1 at eps 0.1, 0.88 at 1, 0.31 at 3 and 0.10 at 10. At eps 10 grouped offers gave 2-way /
 # 3-way TVD 0.0211 / 0.0599 (6 runs: 0.0199-0.0240) against 0.0197 / 0.0582 without (3 runs, sd 0.0001), and offering
 # a pair on groups only when its full cube's noise TVD passed 0.3 still gave 0.0218 / 0.0633 (3 runs); at eps 1 they
-# gain 0.0018 (see GROUP_NOISE_TVD). The limit sits near the geometric mean of 0.10 and 0.88 (eps 3 not measured).
+# gain 0.0018 (see GROUP_NOISE_TVD), at eps 3 (0.31: on) 0.0250 / 0.0655 against 0.0255 / 0.0675 (3 runs each). The
+# limit sits near the geometric mean of 0.10 and 0.88.
 GROUPED_SIGNAL = 0.3
 WEIGHT_RESOLUTION = 1000  # non-integer workload weights are scaled so the largest is this, then rounded
 EXPECTED_ABS = math.sqrt(2 / math.pi)  # E|Z| / sigma for a Gaussian Z
