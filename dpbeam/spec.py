@@ -443,7 +443,10 @@ class TaskSpec(_Model):
     their marginal is the marginal model's (:class:`dpbeam.task.guide.TaskGuidedModel`). ``sample_rate``: Poisson
     sampling probability of each privacy unit per step (public, fixed); ``epochs``: expected passes over the units
     (steps = ceil(epochs / sample_rate)); ``clip``: L2 bound on one unit's gradient; ``hidden``: width of the one
-    hidden layer (0: a linear model over one-hot codes); ``learning_rate``: Adam's step size.
+    hidden layer (0: a linear model over one-hot codes); ``learning_rate``: Adam's step size. ``pairs_share``: the
+    part of ``budget_share`` spent, on the trusted side with the other measurements, on noisy 2-way marginals of the
+    target with every other column (:mod:`dpbeam.task.pairs`; zCDP, the rho of ``budget_share * pairs_share`` of the
+    budget); DP-SGD gets the rest, ``budget_share * (1 - pairs_share)``. Not with ``method: aim``.
 
     The defaults were chosen by measurement (benchmarks/task.py, 5-20 runs per setting, benchmarks/RESULTS.md): on
     Adult at epsilon 1, q = 0.05 with 100 steps, clip 1 and lr 0.05 were the best DP-SGD settings tried (larger q,
@@ -457,6 +460,7 @@ class TaskSpec(_Model):
     target: str
     kind: Literal["classification", "regression"]
     budget_share: float = Field(default=0.15, gt=0, lt=1)
+    pairs_share: float = Field(default=0.0, ge=0, lt=1)
     mix: float | None = Field(default=None, ge=0, le=1)
     combine: Literal["geometric", "arithmetic"] = "geometric"
     calibrate: bool | None = None
@@ -465,6 +469,16 @@ class TaskSpec(_Model):
     clip: float = Field(default=1.0, gt=0)
     hidden: int = Field(default=0, ge=0, le=1024)
     learning_rate: float = Field(default=0.05, gt=0)
+
+    @property
+    def dpsgd_share(self) -> float:
+        """The part of the budget DP-SGD gets: ``budget_share * (1 - pairs_share)``."""
+        return self.budget_share * (1.0 - self.pairs_share)
+
+    @property
+    def pairs_budget(self) -> float:
+        """The part of the budget's rho the target's pairs get: ``budget_share * pairs_share``."""
+        return self.budget_share * self.pairs_share
 
     @property
     def label_mix(self) -> float:
@@ -544,6 +558,9 @@ class JobSpec(_Model):
         if t.kind == "classification" and kind in ("float", "datetime"):
             raise ValueError(f"task.kind classification needs a categorical, boolean or integer target; "
                              f"columns.{t.target} is {kind}: use task.kind regression, or another target")
+        if t.pairs_share > 0 and self.synthesizer.method == "aim":
+            raise ValueError("task.pairs_share adds measurements to MST's (mst, mst-refined); AIM picks its own: set "
+                             "task.pairs_share: 0, or synthesizer.method mst-refined")
         if self.ledger is not None:
             raise ValueError("the ledger composes releases in zCDP, and a task-guided run is accounted in Renyi DP "
                              "(DP-SGD is not zCDP): remove ledger, or remove task")
