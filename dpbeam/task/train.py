@@ -90,7 +90,6 @@ def train_dpsgd(
     progress: Callable[[int], None] | None = None,
     noise_seed: int | None = None,
     basis: np.ndarray | None = None,
-    init: dict[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, np.ndarray], str]:
     """Run ``params.steps`` DP-SGD steps over ``examples`` (one per unit) and return the weights and the device.
 
@@ -107,23 +106,18 @@ def train_dpsgd(
     if device == "cpu":  # the steps are small: one thread is fastest, and does not crowd a shared machine
         torch.set_num_threads(1)
     try:
-        return _train(examples, outputs, n_inputs, hidden, params, seed, progress, device, noise_seed, basis, init)
+        return _train(examples, outputs, n_inputs, hidden, params, seed, progress, device, noise_seed, basis)
     finally:
         torch.set_num_threads(threads)
 
 
 def _train(examples: UnitExamples, outputs: int, n_inputs: int, hidden: int, params: DPSGDParams,
            seed: int, progress: Callable[[int], None] | None, device: str,
-           noise_seed: int | None, basis: np.ndarray | None,
-           init: dict[str, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray], str]:
+           noise_seed: int | None, basis: np.ndarray | None) -> tuple[dict[str, np.ndarray], str]:
     import torch
 
     net = build_net(n_inputs, hidden, outputs, basis)
     init_net(net, seed)
-    if init is not None:
-        with torch.no_grad():
-            for name, p in net.named_parameters():
-                p.copy_(torch.as_tensor(np.asarray(init[name]), dtype=p.dtype))
     net = net.to(device)
     seeds = np.random.SeedSequence(noise_seed).generate_state(2, np.uint64) if noise_seed is not None else None
     noise_gen = torch.Generator(device=device).manual_seed(int(seeds[0] >> 1) if seeds is not None
