@@ -452,9 +452,9 @@ class TaskSpec(_Model):
     Adult at epsilon 1, q = 0.05 with 100 steps, clip 1 and lr 0.05 were the best DP-SGD settings tried (larger q,
     more or fewer steps, other clips and rates, averaged iterates, a start from the marginal model's conditional: no
     better held-out accuracy); budget_share 0.15 with the geometric pool ties the synthesizer alone's TSTR accuracy at
-    epsilon 1 (+0.08 ± 0.05 points at mix 0.75, 24 runs; +0.11 ± 0.11 at epsilon 4, 6 runs). ``mix`` and
+    epsilon 1 (+0.05 ± 0.04 points at mix 0.75, 34 runs; +0.11 ± 0.11 at epsilon 4, 6 runs). ``mix`` and
     ``calibrate`` left unset depend on ``kind``: classification 0.75 and no calibration (against mix 0.5: 2-way TVD
-    +7.7% instead of +11.0% of the synthesizer alone's, GB accuracy +0.04 ± 0.03 and AUC +0.06 ± 0.03 points, 24
+    +8.3% instead of +11.5% of the synthesizer alone's, GB accuracy +0.03 ± 0.02 and AUC +0.05 ± 0.02 points, 34
     paired runs; DP-SGD's clipping shrinks the model towards the majority class, which helps accuracy); regression
     0.75 with calibration (diamonds: RMSE 6% below the synthesizer alone at TVD +6%; mix 0.5 gave 11% below at +15%).
     ``pairs_share`` defaults to 0: on Adult at epsilon 1 the pairs (2/3 of budget_share) raised the marginal model's
