@@ -9,7 +9,7 @@ is fresh in every job) and each budget share:
 - ``synthesizer alone``: the default synthesizer (mst-refined, local engine), no task section;
 - ``task-guided``: the same plus ``task: {target, kind, budget_share, pairs_share}`` (one job per share and pairs
   share; the other knobs at :class:`TaskSpec`'s defaults), then, from the same measurements and task model, the
-  marginal model fitted once and each labelling variant of VARIANTS drawn from it (post-processing: no further
+  marginal model fitted once and each labelling variant of VARIANTS[kind] drawn from it (post-processing: no further
   budget; its wall/CPU figures are the job's);
 
 and trains gradient boosting and logistic regression (ridge for diamonds) on each synthetic table, tested on the
@@ -45,7 +45,13 @@ DATA_DIR = Path(__file__).resolve().parent / ".data"
 TEST_SHARE = 1 / 3
 # (combine, mix, calibrate) of each labelling variant drawn from one task-guided job's measurements and task model
 # (mix 1: the marginal model's own labels, from measurements that paid for the task's share)
-VARIANTS = (("geometric", 0.5, False), ("geometric", 0.75, False), ("geometric", 1.0, False), ("geometric", 0.5, True))
+# for each kind; its default (TaskSpec: mix 0.75, calibrated for regression only) is among them
+VARIANTS = {
+    "classification": (("geometric", 0.5, False), ("geometric", 0.75, False), ("geometric", 1.0, False),
+                       ("geometric", 0.5, True)),
+    "regression": (("geometric", 0.75, True), ("geometric", 0.5, True), ("geometric", 0.25, True),
+                   ("geometric", 1.0, True)),
+}
 DEFAULT_SHARE = TaskSpec.model_fields["budget_share"].default
 DEFAULT_PAIRS = TaskSpec.model_fields["pairs_share"].default
 ADULT_TARGET = "income>50K"
@@ -155,7 +161,7 @@ def _runs(table: str, src: str, train: pa.Table, test: pa.Table, target: str, ki
             art = MeasurementsArtifact.read(spec.output.resolved_measurements_uri)
             model = read_task_model(task_model_uri(spec))
             base = fit_model(art, spec.synthesizer.engine, iters=spec.synthesizer.iters, seed=rep)
-            for combine, mix, calibrate in VARIANTS:
+            for combine, mix, calibrate in VARIANTS[kind]:
                 uri = f"{tmp}/task{share}-{pair}-{combine}{mix}{calibrate}"
                 guided = TaskGuidedModel(base, model, art, mix, combine, calibrate)
                 write_synthetic_table(guided, art, uri, int(round(art.estimated_total())), rep, {})
