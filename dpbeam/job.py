@@ -391,6 +391,13 @@ def _measure(
                 cubes, plan.domain, k, plan.accountant, result, rounds=syn.refine_rounds,
                 per_round=syn.refine_per_round, max_cells=syn.max_model_cells, progress=reporter.say,
             )
+        from dpbeam.task.pairs import STAGE as PAIRS_STAGE
+
+        if PAIRS_STAGE in plan.accountant.plan:  # task.pairs_share: every (column, target) pair, measured once more
+            from dpbeam.task.pairs import measure_target_pairs
+
+            result = measure_target_pairs(cubes, plan.domain, k, plan.accountant, plan.spec.task.target, result,
+                                          reporter.say)
     del cubes
     manifest = {
         "method": syn.method,

@@ -443,20 +443,29 @@ class TaskSpec(_Model):
     their marginal is the marginal model's (:class:`dpbeam.task.guide.TaskGuidedModel`). ``sample_rate``: Poisson
     sampling probability of each privacy unit per step (public, fixed); ``epochs``: expected passes over the units
     (steps = ceil(epochs / sample_rate)); ``clip``: L2 bound on one unit's gradient; ``hidden``: width of the one
-    hidden layer (0: a linear model over one-hot codes); ``learning_rate``: Adam's step size.
+    hidden layer (0: a linear model over one-hot codes); ``learning_rate``: Adam's step size. ``pairs_share``: the
+    part of ``budget_share`` spent, on the trusted side with the other measurements, on noisy 2-way marginals of the
+    target with every other column (:mod:`dpbeam.task.pairs`; zCDP, the rho of ``budget_share * pairs_share`` of the
+    budget); DP-SGD gets the rest, ``budget_share * (1 - pairs_share)``. Not with ``method: aim``.
 
     The defaults were chosen by measurement (benchmarks/task.py, 5-20 runs per setting, benchmarks/RESULTS.md): on
     Adult at epsilon 1, q = 0.05 with 100 steps, clip 1 and lr 0.05 were the best DP-SGD settings tried (larger q,
-    more or fewer steps, other clips and rates, averaged iterates: no better held-out accuracy); budget_share 0.15 with
-    the geometric pool at mix 0.5 gave TSTR accuracy at least the synthesizer alone's (+0.07 ± 0.05 points, 20 runs;
-    +0.4 at epsilon 4) at 2-way TVD +9% (0.3: +15%). ``mix`` and ``calibrate`` left unset depend on ``kind``:
-    classification 0.5 and no calibration (DP-SGD's clipping shrinks the model towards the majority class, which
-    helped accuracy and kept TVD within 10%); regression 0.75 with calibration (diamonds: RMSE 6% below the
-    synthesizer alone at TVD +6%; mix 0.5 gave 11% below at +15%)."""
+    more or fewer steps, other clips and rates, averaged iterates, a start from the marginal model's conditional: no
+    better held-out accuracy); budget_share 0.15 with the geometric pool ties the synthesizer alone's TSTR accuracy at
+    epsilon 1 (+0.05 ± 0.04 points at mix 0.75, 34 runs; +0.11 ± 0.11 at epsilon 4, 6 runs). ``mix`` and
+    ``calibrate`` left unset depend on ``kind``: classification 0.75 and no calibration (against mix 0.5: 2-way TVD
+    +8.3% instead of +11.5% of the synthesizer alone's, GB accuracy +0.03 ± 0.02 and AUC +0.05 ± 0.02 points, 34
+    paired runs; DP-SGD's clipping shrinks the model towards the majority class, which helps accuracy); regression
+    0.75 with calibration (diamonds: RMSE 6.6% below the synthesizer alone at TVD +9.8%, 8 runs; mix 0.5 gave 10%
+    below at +22%).
+    ``pairs_share`` defaults to 0: on Adult at epsilon 1 the pairs (2/3 of budget_share) raised the marginal model's
+    own labels' AUC by 0.4 points, but in the pool at mix 0.75 gave no more accuracy (-0.06 ± 0.07 points; AUC +0.12
+    ± 0.07, 18 runs), since MST and its refinement had already measured most of the target's pairs."""
 
     target: str
     kind: Literal["classification", "regression"]
     budget_share: float = Field(default=0.15, gt=0, lt=1)
+    pairs_share: float = Field(default=0.0, ge=0, lt=1)
     mix: float | None = Field(default=None, ge=0, le=1)
     combine: Literal["geometric", "arithmetic"] = "geometric"
     calibrate: bool | None = None
@@ -467,9 +476,19 @@ class TaskSpec(_Model):
     learning_rate: float = Field(default=0.05, gt=0)
 
     @property
+    def dpsgd_share(self) -> float:
+        """The part of the budget DP-SGD gets: ``budget_share * (1 - pairs_share)``."""
+        return self.budget_share * (1.0 - self.pairs_share)
+
+    @property
+    def pairs_budget(self) -> float:
+        """The part of the budget's rho the target's pairs get: ``budget_share * pairs_share``."""
+        return self.budget_share * self.pairs_share
+
+    @property
     def label_mix(self) -> float:
-        """``mix``, or its default for the kind (classification 0.5, regression 0.75)."""
-        return self.mix if self.mix is not None else (0.5 if self.kind == "classification" else 0.75)
+        """``mix``, or its default (0.75 for both kinds; see the class doc)."""
+        return self.mix if self.mix is not None else 0.75
 
     @property
     def label_calibrate(self) -> bool:
@@ -544,6 +563,9 @@ class JobSpec(_Model):
         if t.kind == "classification" and kind in ("float", "datetime"):
             raise ValueError(f"task.kind classification needs a categorical, boolean or integer target; "
                              f"columns.{t.target} is {kind}: use task.kind regression, or another target")
+        if t.pairs_share > 0 and self.synthesizer.method == "aim":
+            raise ValueError("task.pairs_share adds measurements to MST's (mst, mst-refined); AIM picks its own: set "
+                             "task.pairs_share: 0, or synthesizer.method mst-refined")
         if self.ledger is not None:
             raise ValueError("the ledger composes releases in zCDP, and a task-guided run is accounted in Renyi DP "
                              "(DP-SGD is not zCDP): remove ledger, or remove task")

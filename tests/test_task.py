@@ -372,7 +372,7 @@ def test_task_job_end_to_end_and_guardrail(task_parquet, tmp_path):
     assert "DP-SGD" in statement["statement"] and "Renyi-DP composition" in statement["statement"]
     assert statement["synthesizer"]["task"]["target"] == "y"
     assert statement["synthesizer"]["task"]["combine"] == "geometric"  # pgm: the pool with its exact conditional
-    assert statement["synthesizer"]["task"]["mix"] == 0.5 and statement["synthesizer"]["task"]["calibrate"] is False
+    assert statement["synthesizer"]["task"]["mix"] == 0.75 and statement["synthesizer"]["task"]["calibrate"] is False
     with open(os.path.join(spec.output.resolved_measurements_uri, "privacy.json")) as f:
         privacy = json.load(f)
     assert privacy["composition"]["epsilon_composed"] <= 4.0
@@ -545,3 +545,140 @@ def test_unit_level_task_job(tmp_path, monkeypatch):
     synth = pq.read_table(spec.output.uri)
     assert "user_id" not in synth.column_names
     assert copied_columns(table, synth) == []
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The target's pairs (task.pairs_share)
+
+
+def test_pairs_share_splits_the_task_budget(task_parquet, tmp_path):
+    """budget_share is the task's part of the budget: DP-SGD gets budget_share (1 - pairs_share), the target's pairs
+    the rho of budget_share pairs_share, and MST keeps the same rho as without pairs. The composition still meets
+    the one budget."""
+    from dpbeam.job import plan_job
+    from dpbeam.task.pairs import STAGE
+
+    task = {"target": "y", "kind": "classification", "sample_rate": 0.05, "epochs": 10, "budget_share": 0.2,
+            "pairs_share": 0.75}
+    acc = plan_job(parse_spec(task_spec(task_parquet, str(tmp_path / "o"), task)), check_outputs=False).accountant
+    plain = plan_job(parse_spec(task_spec(task_parquet, str(tmp_path / "o"), {**task, "pairs_share": 0.0,
+                                                                              "budget_share": 0.2})),
+                     check_outputs=False).accountant
+    assert acc.dpsgd_share == pytest.approx(0.05)
+    assert acc.allotted(STAGE) == pytest.approx(0.15 * acc.rho_budget, rel=1e-12)
+    assert acc.rho == pytest.approx(0.95 * acc.rho_budget, rel=1e-12)
+    # the MST stages get what they would get with budget_share 0.05 and no pairs: 0.8 of the budget's rho
+    assert math.fsum(f for s, f in acc.plan.items() if s != STAGE) * acc.rho == pytest.approx(0.8 * acc.rho_budget)
+    assert sum(acc.plan.values()) == pytest.approx(1.0)
+    assert STAGE not in plain.plan and plain.dpsgd_share == pytest.approx(0.2)
+    assert acc.epsilon_at(acc.delta) <= 4.0 + 1e-9
+
+
+def test_pairs_share_is_refused_with_aim(tmp_path):
+    data = task_spec("x.parquet", str(tmp_path / "o"), {"target": "y", "kind": "classification", "pairs_share": 0.5})
+    data["synthesizer"] = {"method": "aim"}
+    with pytest.raises(SpecError, match="task.pairs_share"):
+        parse_spec(data)
+    data["task"]["pairs_share"] = 0.0
+    parse_spec(data)
+
+
+def _pairs_job(tmp_path, method: str, k: int | None):
+    from dpbeam.job import run_job
+    from dpbeam.measurements import MeasurementsArtifact
+
+    table = task_table(n=3000, units=800 if k else None)
+    path = tmp_path / "t.parquet"
+    pq.write_table(table, path)
+    task = {"target": "y", "kind": "classification", "sample_rate": 0.05, "epochs": 10, "budget_share": 0.3,
+            "pairs_share": 0.5}
+    privacy = {"unit": {"column": "user_id"}, "max_rows_per_unit": k} if k else {}
+    data = task_spec(str(path), str(tmp_path / "out"), task, **privacy)
+    data["synthesizer"] = {"method": method, "iters": 200}
+    spec = parse_spec(data)
+    run_job(spec)
+    return table, spec, MeasurementsArtifact.read(spec.output.resolved_measurements_uri)
+
+
+@pytest.mark.parametrize("method", ["mst", "mst-refined"])
+def test_target_pairs_are_charged_at_their_sensitivity(tmp_path, method):
+    """User-level (k = 3): every (column, target) pair is measured once more, at sigma = k / sqrt(2 rho_stage /
+    (d - 1)) with L2 sensitivity k (all k rows of a unit can sit in one cell), charged to the pairs' stage, which
+    spends exactly its rho (0.15 of the budget's here) and no more; the whole job still meets the budget. A charge
+    at sensitivity 1, or a sigma from the row-level formula, fails here."""
+    from dpbeam.privacy.noise import gaussian_sigma
+    from dpbeam.task.pairs import STAGE
+
+    k = 3
+    _, _, art = _pairs_job(tmp_path, method, k)
+    privacy = art.privacy
+    charges = [c for c in privacy["charges"] if c["stage"] == STAGE]
+    d = len(art.domain.names)
+    assert len(charges) == d - 1
+    stage = privacy["stages"][STAGE]
+    assert stage["rho_charged"] <= stage["rho_allotted"]
+    assert stage["rho_charged"] == pytest.approx(stage["rho_allotted"], rel=1e-9)
+    assert stage["rho_allotted"] == pytest.approx(0.15 * privacy["composition"]["rho_budget"], rel=1e-9)
+    sigma = gaussian_sigma(stage["rho_allotted"] / (d - 1), k)
+    for c in charges:
+        assert c["sensitivity_l2"] == k and c["sigma"] == pytest.approx(sigma, rel=1e-12)
+        assert c["rho"] == pytest.approx(k**2 / (2 * sigma**2), rel=1e-9)
+    assert privacy["composition"]["epsilon_composed"] <= 4.0
+    assert privacy["dpsgd"]["budget_share"] == pytest.approx(0.15)
+    pairs = art.measurements[-(d - 1):]
+    assert sorted(tuple(sorted(m.clique)) for m in pairs) == sorted(
+        tuple(sorted((n, "y"))) for n in art.domain.names if n != "y")
+
+
+def test_target_pairs_noise_has_the_stated_scale(tmp_path):
+    """Row-level: the pairs' residuals against the exact cubes of the table have standard deviation sigma (the
+    sample s.d. of m residuals within 6 standard errors, sigma (1 +- 6 / sqrt(2 m)); the noise is OpenDP's, drawn
+    fresh). Pairs measured without noise, or at another scale than the one charged, fail here."""
+    from dpbeam.encode import encode_batch
+    from dpbeam.task.data import to_model_codes
+
+    table, _, art = _pairs_job(tmp_path, "mst", None)
+    names = art.domain.names
+    d = len(names)
+    codes = to_model_codes(encode_batch(table.select(names), art.domain), names, art.compression)
+    res = []
+    for m in art.measurements[-(d - 1):]:
+        assert m.groups is None and m.weights is None
+        i, j = (names.index(c) for c in m.clique)
+        sizes = m.values.shape
+        exact = np.bincount(codes[:, i] * sizes[1] + codes[:, j], minlength=sizes[0] * sizes[1]).reshape(sizes)
+        res.append((m.values - exact).ravel() / m.stddev)
+    res = np.concatenate(res)
+    assert len(res) >= 40
+    sd = float(np.sqrt(np.mean(res**2)))
+    assert abs(sd - 1) < 6 / math.sqrt(2 * len(res))
+    assert abs(float(res.mean())) < 6 / math.sqrt(len(res))
+
+
+def test_low_signal_replan_keeps_the_pairs_stage(monkeypatch):
+    """When refinement does not pay, MST's and the refinement's free rho is replanned to MST's low-signal split;
+    the target's pairs keep the rho they were planned (they are not silently folded into MST)."""
+    from dpbeam.privacy import refine
+    from dpbeam.privacy.accountant import ZCDPAccountant
+    from dpbeam.privacy.mst import mst_plan
+    from dpbeam.privacy.noise import gaussian_rho
+    from dpbeam.task.pairs import STAGE, with_pairs_stage
+
+    from dpbeam.domain import BinnedDomain, TableDomain
+    from dpbeam.marginals import count_cliques
+    from dpbeam.privacy.mst import required_cliques
+
+    # the exact row count (the rule's own noise is not under test: see test_mst's low-signal test)
+    monkeypatch.setattr(refine, "add_discrete_gaussian", lambda c, s, k: (np.asarray(c), gaussian_rho(s, k)))
+    sizes = [4, 3, 5, 2, 6]
+    dom = TableDomain(tuple(BinnedDomain(f"c{i}", "int64", False, edges=tuple(range(s + 1)))
+                            for i, s in enumerate(sizes)))
+    rng = np.random.default_rng(0)
+    codes = np.stack([rng.integers(0, s, 5000) for s in sizes], 1).astype(np.uint8)
+    cubes = count_cliques(codes, dom, required_cliques(dom.names))
+    acc = ZCDPAccountant(0.01, 1e-9, with_pairs_stage(mst_plan(len(sizes), refine=True), 0.2))
+    pairs_rho = acc.allotted(STAGE)
+    assert refine.decide_refinement(cubes, dom, 1, acc) is False
+    assert "refine" not in acc.plan
+    assert acc.allotted(STAGE) == pytest.approx(pairs_rho, rel=1e-12)
+    assert sum(acc.plan.values()) == pytest.approx(1.0)

@@ -76,8 +76,9 @@ def decide_refinement(
     per_round: int | None = None, rounds: int = 1,
 ) -> bool:
     """Release a noisy row count (the ``total`` stage: one discrete Gaussian, L2 sensitivity k) and decide from it
-    whether refinement pays. If not, every stage that has not spent is replanned to MST's low-signal split
-    (:data:`dpbeam.privacy.mst.LOW_SIGNAL_SPLIT`): the choice reads only the noisy count and public sizes, so the
+    whether refinement pays. If not, every MST and refinement stage that has not spent is replanned to MST's
+    low-signal split (:data:`dpbeam.privacy.mst.LOW_SIGNAL_SPLIT`; any other stage, such as a task section's pairs,
+    keeps its rho): the choice reads only the noisy count and public sizes, so the
     replan keeps the privacy-filter argument of :meth:`ZCDPAccountant.replan`."""
     from dpbeam.privacy.mst import LOW_SIGNAL_SPLIT
 
@@ -90,7 +91,11 @@ def decide_refinement(
     per_round = per_round or max(1, 2 * (len(sizes) - 1))
     if refinement_pays(sizes, max(1.0, float(noisy[0])), accountant.allotted(STAGE) / rounds, k, per_round):
         return True
-    accountant.replan({f"mst.{s}": f for s, f in LOW_SIGNAL_SPLIT.items()})
+    # a task section's stages (its pairs: dpbeam.task.pairs) keep their rho; MST's and the refinement's are replanned
+    others = {s: f for s, f in accountant.plan.items() if s.startswith("task.") and accountant.spent(s) == 0}
+    free = sum(f for s, f in accountant.plan.items() if accountant.spent(s) == 0)
+    keep = {s: f / free for s, f in others.items()}
+    accountant.replan({**{f"mst.{s}": f * (1.0 - sum(keep.values())) for s, f in LOW_SIGNAL_SPLIT.items()}, **keep})
     return False
 
 

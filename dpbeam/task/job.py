@@ -19,6 +19,7 @@ from dpbeam.spec import JobSpec
 from dpbeam.task.data import BoundedRows, FeatureLayout, group_by_unit, to_model_codes, unit_examples
 from dpbeam.task.guide import TaskGuidedModel
 from dpbeam.task.model import TaskModel, regression_basis, write_task_model
+from dpbeam.task.pairs import with_pairs_stage
 from dpbeam.task.train import DPSGDParams, train_dpsgd
 
 TASK_ENGINES = ("local",)
@@ -31,7 +32,9 @@ def task_model_uri(spec: JobSpec) -> str:
 
 def plan_task(spec: JobSpec, engine: str, budget: dict[str, float], delta_reserved: float,
               check_outputs: bool = True) -> ComposedAccountant:
-    """Plan-time checks and the composed accountant. DP-SGD needs the bounded rows in the training process, which only
+    """Plan-time checks and the composed accountant: DP-SGD gets ``task.dpsgd_share`` of the budget; with
+    ``task.pairs_share`` the zCDP plan gets a :data:`dpbeam.task.pairs.STAGE` stage worth ``task.pairs_budget`` of the
+    budget's rho (the other measurement stages scaled down to make room). DP-SGD needs the bounded rows in the training process, which only
     the local engine supplies: any other engine is refused here, before any budget is spent."""
     if engine not in TASK_ENGINES:
         raise SpecError(
@@ -43,7 +46,9 @@ def plan_task(spec: JobSpec, engine: str, budget: dict[str, float], delta_reserv
 
         lake.check_output_free(task_model_uri(spec), spec.output.overwrite, "the task model's location")
     t = spec.task
-    return ComposedAccountant(spec.privacy.epsilon, spec.privacy.delta, budget, dpsgd_share=t.budget_share,
+    if t.pairs_share > 0:  # the target's pairs: t.pairs_budget of the whole rho, out of the measurements' 1 - dpsgd
+        budget = with_pairs_stage(budget, t.pairs_budget / (1.0 - t.dpsgd_share))
+    return ComposedAccountant(spec.privacy.epsilon, spec.privacy.delta, budget, dpsgd_share=t.dpsgd_share,
                               sample_rate=t.sample_rate, steps=t.steps, clip=t.clip, delta_reserved=delta_reserved)
 
 
