@@ -113,6 +113,18 @@ def test_spec_fields(small_parquet, tmp_path):
 # The score and its sensitivity
 
 
+def _neighbour(exact: np.ndarray, k: int, rng: np.random.Generator, remove: bool) -> np.ndarray:
+    """The cube with one unit of k rows added, or removed (never below zero in a cell), spread over random cells."""
+    out = exact.copy()
+    for _ in range(k):
+        cell = tuple(rng.integers(0, s) for s in exact.shape)
+        if remove and out[cell] > 0:
+            out[cell] -= 1
+        else:
+            out[cell] += 1
+    return out
+
+
 def test_score_moves_by_at_most_weight_times_k():
     rng = np.random.default_rng(3)
     for trial in range(200):
@@ -120,14 +132,7 @@ def test_score_moves_by_at_most_weight_times_k():
         exact = rng.integers(0, 50, size=shape)
         model = rng.random(shape) * 60  # fixed before the data: one model for both neighbours
         k, weight, sigma = int(rng.integers(1, 5)), int(rng.integers(1, 30)), float(rng.random() * 20)
-        neighbour = exact.copy()
-        # add or remove one unit of k rows, spread over random cells (removal never below zero)
-        for _ in range(k):
-            cell = tuple(rng.integers(0, s) for s in shape)
-            if trial % 2 and neighbour[cell] > 0:
-                neighbour[cell] -= 1
-            else:
-                neighbour[cell] += 1
+        neighbour = _neighbour(exact, k, rng, remove=bool(trial % 2))
         a, b = aim.score(exact, model, weight, sigma), aim.score(neighbour, model, weight, sigma)
         assert isinstance(a, int) and abs(a - b) <= weight * k
 
@@ -251,13 +256,7 @@ def test_grouped_score_moves_by_at_most_weight_times_k():
         exact = rng.integers(0, 50, size=shape)
         model = rng.random(shape) * 60
         k, weight, sigma = int(rng.integers(1, 5)), int(rng.integers(1, 30)), float(rng.random() * 20)
-        neighbour = exact.copy()
-        for _ in range(k):
-            cell = tuple(rng.integers(0, s) for s in shape)
-            if trial % 2 and neighbour[cell] > 0:
-                neighbour[cell] -= 1
-            else:
-                neighbour[cell] += 1
+        neighbour = _neighbour(exact, k, rng, remove=bool(trial % 2))
         coarse, coarse_n = pick.cube(exact), pick.cube(neighbour)
         assert coarse.shape == tuple(pick.group_counts) and coarse.sum() == exact.sum()
         assert np.abs(coarse - coarse_n).sum() <= k  # the grouped cube's L1 (and so L2) sensitivity is still k
