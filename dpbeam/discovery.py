@@ -628,14 +628,16 @@ def select_edges(
     qs = [q_lo + (1 - 2 * q_lo) * j / bins for j in range(bins + 1)]
     leaves = [tree.quantile(q) for q in qs]
     leaf_mass = tree.mass[-1]
-    heavy = [i for i in leaves[1:-1] if total > 0 and leaf_mass[i] >= total / bins]
+    point_leaves = {i for i in leaves if total > 0 and leaf_mass[i] >= total / bins}  # a bin's share in one leaf
+    heavy = [i for i in leaves[1:-1] if i in point_leaves]
     lo, hi = grid.edge(leaves[0]), grid.edge(leaves[-1] + 1)
-    inner = [grid.edge(i + 1) for i in leaves[1:-1]] + [grid.edge(i) for i in heavy]
-    if kind == "float":
-        # a quantile known to one leaf may sit anywhere in it: put the edge on the leaf's roundest number, so that
-        # values recorded to whole units (minutes of delay, dollars) fall on one side of it, as they do in the data
-        inner = [grid.edge(i + 1) if i in heavy else _snap(grid, i, set(heavy))
-                 for i in leaves[1:-1]] + [grid.edge(i) for i in heavy]
+
+    def upper(i: int) -> float:
+        # float: a quantile known to one leaf may sit anywhere in it: put the edge on the leaf's roundest number, so
+        # that values recorded to whole units (minutes of delay, dollars) fall on one side of it, as in the data
+        return grid.edge(i + 1) if kind != "float" or i in point_leaves else _snap(grid, i, set(heavy))
+
+    inner = [upper(i) for i in leaves[1:-1]] + [grid.edge(i) for i in heavy]
     if kind in ("integer", "datetime"):
         lo_i, hi_i = math.floor(lo), math.ceil(hi) - (1 if grid.width == 1.0 else 0)
         hi_i = max(hi_i, lo_i)
@@ -648,7 +650,6 @@ def select_edges(
     if len(edges) < 2:
         edges = [lo, lo + grid.width]
     # a bin that is exactly one heavy leaf (a quantile's answer holding a bin's share) is a point mass
-    point_leaves = {i for i in leaves if total > 0 and leaf_mass[i] >= total / bins}
     points = tuple(j for j in range(len(edges) - 1)
                    if any(edges[j] == grid.edge(i) and edges[j + 1] == grid.edge(i + 1) for i in point_leaves))
     return BinEdges(edges, tree.informative, points)
