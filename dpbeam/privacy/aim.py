@@ -81,7 +81,8 @@ from dpbeam.errors import SpecError
 from dpbeam.marginals import Clique
 from dpbeam.measurements import NoisyMarginal, estimated_total
 from dpbeam.privacy.accountant import ZCDPAccountant
-from dpbeam.privacy.mst import compress_cube, compress_rare, compressed_one_way, expansion_weights
+from dpbeam.privacy.mst import (compress_cube, compress_rare, compressed_one_way, expansion_weights,
+                               measure_grouped)
 from dpbeam.privacy.noise import add_discrete_gaussian, gaussian_sigma
 from dpbeam.privacy.resolution import coarse_cube, one_way_counts, pair_groups
 from dpbeam.privacy.selection import exponential_mechanism, l1_score
@@ -298,11 +299,7 @@ def measure(pick: Candidate, exact: np.ndarray, sigma: float, k: int, accountant
     cube's L2 sensitivity is k as well. Cost: rho = k^2 / (2 sigma^2) either way. The groups are post-processing of
     earlier DP outputs (:func:`offers`). (Checked by ``test_grouped_rounds_are_charged_as_whole_ones...`` and
     ``test_grouped_measurement_adds_noise_once_per_group_cell``.)"""
-    grouped = {} if pick.groups is None else {"groups": pick.group_counts}
-    noisy, rho = add_discrete_gaussian(pick.cube(exact), sigma, k)
-    accountant.charge(STAGE, "discrete Gaussian", rho, clique=list(pick.clique), sigma=sigma, sensitivity_l2=k,
-                      **grouped)
-    return NoisyMarginal(pick.clique, noisy.astype(np.float64), sigma, "discrete Gaussian", rho, groups=pick.groups)
+    return measure_grouped(pick.clique, exact, pick.groups, sigma, k, accountant, STAGE)
 
 
 def _fit(measurements: Sequence[NoisyMarginal], sizes: Mapping[str, int], total: float, warm_start: Any,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import combinations
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -147,16 +147,31 @@ def measure_pair(
     pair's cells would drown in the noise (:func:`dpbeam.privacy.resolution.pair_groups`, chosen from the noisy
     1-way counts ``one_way`` and noisy ``total``: post-processing). Either way the measured cube moves by at most k
     in L2 when one unit is added or removed, so it costs rho = k^2 / (2 sigma^2), charged to ``stage``."""
-    from dpbeam.privacy.resolution import coarse_cube, pair_groups
+    from dpbeam.privacy.resolution import pair_groups
 
-    exact = compress_cube(cubes[pair], pair, compression)
     groups = pair_groups(pair, domain, compression, one_way, sigma, total)
+    return measure_grouped(pair, compress_cube(cubes[pair], pair, compression), groups, sigma, k, accountant, stage)
+
+
+def measure_grouped(
+    clique: Clique, exact: np.ndarray, groups: Sequence[np.ndarray] | None, sigma: float, k: int,
+    accountant: ZCDPAccountant, stage: str,
+) -> NoisyMarginal:
+    """The exact cube of ``clique`` (model domain), its cells summed within ``groups`` when given (chosen from public
+    sizes and earlier DP outputs), plus discrete Gaussian noise of scale ``sigma`` on every cell, charged to ``stage``.
+
+    Protects: the clique's cube. Sensitivity: one unit (<= k rows) moves the cube by at most k in L2 (all k rows in
+    one cell is the worst case); summing cells within groups cannot spread a row over two cells, so the grouped cube's
+    L2 sensitivity is k as well. Cost: rho = k^2 / (2 sigma^2) either way."""
+    from dpbeam.privacy.resolution import coarse_cube
+
     if groups is not None:
         exact = coarse_cube(exact, groups)
     noisy, rho = add_discrete_gaussian(exact, sigma, k)
-    accountant.charge(stage, "discrete Gaussian", rho, clique=list(pair), sigma=sigma, sensitivity_l2=k,
+    accountant.charge(stage, "discrete Gaussian", rho, clique=list(clique), sigma=sigma, sensitivity_l2=k,
                       **({"groups": [int(g.max()) + 1 for g in groups]} if groups is not None else {}))
-    return NoisyMarginal(pair, noisy.astype(np.float64), sigma, "discrete Gaussian", rho, groups=groups)
+    return NoisyMarginal(tuple(clique), noisy.astype(np.float64), sigma, "discrete Gaussian", rho,
+                         groups=None if groups is None else tuple(groups))
 
 
 def project_simplex(v: np.ndarray, total: float) -> np.ndarray:
