@@ -397,7 +397,7 @@ def _measure(
             from dpbeam.task.pairs import measure_target_pairs
 
             result = measure_target_pairs(cubes, plan.domain, k, plan.accountant, plan.spec.task.target, result,
-                                          reporter.say)
+                                          reporter.say, max_cells=syn.max_model_cells)
     del cubes
     manifest = {
         "method": syn.method,

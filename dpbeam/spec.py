@@ -446,7 +446,8 @@ class TaskSpec(_Model):
     hidden layer (0: a linear model over one-hot codes); ``learning_rate``: Adam's step size. ``pairs_share``: the
     part of ``budget_share`` spent, on the trusted side with the other measurements, on noisy 2-way marginals of the
     target with every other column (:mod:`dpbeam.task.pairs`; zCDP, the rho of ``budget_share * pairs_share`` of the
-    budget); DP-SGD gets the rest, ``budget_share * (1 - pairs_share)``. Not with ``method: aim``.
+    budget; a pair that would grow the model past ``synthesizer.max_model_cells`` is left out); DP-SGD gets the
+    rest, ``budget_share * (1 - pairs_share)``. Not with ``method: aim``.
 
     The defaults were chosen by measurement (benchmarks/task.py, 5-20 runs per setting, benchmarks/RESULTS.md): on
     Adult at epsilon 1, q = 0.05 with 100 steps, clip 1 and lr 0.05 were the best DP-SGD settings tried (larger q,

@@ -655,6 +655,44 @@ def test_target_pairs_noise_has_the_stated_scale(tmp_path):
     assert abs(float(res.mean())) < 6 / math.sqrt(len(res))
 
 
+def test_target_pairs_keep_the_model_within_max_model_cells():
+    """The pairs make the target every column's neighbour; one that would grow the junction tree past max_cells is
+    not measured. Tree a - b - r (sizes 5, 10, 10) and target y (2): (a, y) keeps a tree, (b, y) closes the clique
+    (a, b, y) of 100 cells, (y, r) then needs (b, r, y) of 200."""
+    from dpbeam.task.pairs import pairs_that_fit
+
+    sizes = {"a": 5, "b": 10, "y": 2, "r": 10}
+    measured = [("a",), ("b",), ("y",), ("r",), ("a", "b"), ("b", "r")]
+    pairs = [("a", "y"), ("b", "y"), ("y", "r")]
+    assert pairs_that_fit(pairs, sizes, measured, 100) == [("a", "y"), ("b", "y")]
+    assert pairs_that_fit(pairs, sizes, measured, 200) == pairs
+    assert pairs_that_fit(pairs, sizes, measured, 9) == []
+
+
+def test_target_pairs_that_do_not_fit_spend_the_stage_on_the_target(tmp_path):
+    """max_model_cells below every pair: the pairs' stage measures the target's 1-way marginal once with its whole
+    rho (sensitivity k), so the stage still spends exactly its rho and the model keeps its size."""
+    from dpbeam.job import run_job
+    from dpbeam.measurements import MeasurementsArtifact
+    from dpbeam.privacy.noise import gaussian_sigma
+    from dpbeam.task.pairs import STAGE
+
+    path = tmp_path / "t.parquet"
+    pq.write_table(task_table(n=3000), path)
+    task = {"target": "y", "kind": "classification", "sample_rate": 0.05, "epochs": 10, "budget_share": 0.3,
+            "pairs_share": 0.5}
+    data = task_spec(str(path), str(tmp_path / "out"), task)
+    data["synthesizer"] = {"method": "mst", "iters": 200, "max_model_cells": 1}
+    spec = parse_spec(data)
+    run_job(spec)
+    privacy = MeasurementsArtifact.read(spec.output.resolved_measurements_uri).privacy
+    (charge,) = [c for c in privacy["charges"] if c["stage"] == STAGE]
+    stage = privacy["stages"][STAGE]
+    assert charge["clique"] == ["y"] and charge["sensitivity_l2"] == 1
+    assert charge["sigma"] == pytest.approx(gaussian_sigma(stage["rho_allotted"], 1), rel=1e-12)
+    assert stage["rho_charged"] == pytest.approx(stage["rho_allotted"], rel=1e-9)
+
+
 def test_low_signal_replan_keeps_the_pairs_stage(monkeypatch):
     """When refinement does not pay, MST's and the refinement's free rho is replanned to MST's low-signal split;
     the target's pairs keep the rho they were planned (they are not silently folded into MST)."""
