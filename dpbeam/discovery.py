@@ -52,7 +52,10 @@ LOW_Q, HIGH_Q = 0.01, 0.99
 # 1e-3 .. 1e12, one step per decade: a coarse grid, so that a few thousand values stand out of the noise (the fine
 # tree resolves inside the range it gives)
 _MAG = 10.0 ** np.arange(-3, 13, dtype=np.float64)
-NUMBER_GRID = np.unique(np.concatenate([-_MAG[::-1], [0.0], _MAG]))
+# 0 is a cell of its own (the cell below it ends just under 0): counts, fees and flags pile up at exactly 0, and a
+# range read from a cell (-0.001, 0] reached below columns that are never negative (a fee of -1.3e-05)
+BELOW_ZERO = float(np.nextafter(0.0, -1.0))
+NUMBER_GRID = np.unique(np.concatenate([-_MAG[::-1], [BELOW_ZERO, 0.0], _MAG]))
 DATETIME_GRID = (
     np.arange(np.datetime64("1900-01"), np.datetime64("2101-01")).astype("datetime64[us]").astype(np.int64)
 )
@@ -115,11 +118,13 @@ class DiscoveryTask:
 @dataclass(frozen=True)
 class FineGrid:
     """A public linear grid of ``leaves`` cells of width ``width`` from ``lo`` (a power of two, for the tree).
-    Values below or above it land in the first or last cell."""
+    Values below or above it land in the first or last cell. ``point``: the range discovered was one value (``lo``;
+    both end quantiles in the coarse cell that holds 0 alone)."""
 
     lo: float
     width: float
     leaves: int = 1 << TREE_DEPTH
+    point: bool = False
 
     def cells(self, x: np.ndarray) -> np.ndarray:
         return np.clip(np.floor((x - self.lo) / self.width), 0, self.leaves - 1).astype(np.int64)
@@ -138,15 +143,15 @@ class FineGrid:
         """The fine grid over a discovered range (public: the range is a DP output). Integers get one value per leaf
         when the range holds at most 2^INTEGER_DEPTH of them, and only as many leaves as the next power of two above
         the range (a shallower tree: its noise grows with the square root of its depth); other ranges get
-        2^depth leaves (see :func:`tree_depth`)."""
+        2^depth leaves (see :func:`tree_depth`); a range of one value (``hi <= lo``) is a ``point`` grid."""
         leaves = 1 << depth
         span = math.floor(hi) - math.floor(lo) + 1
         if kind == "integer" and span <= 1 << INTEGER_DEPTH:
             return cls(float(math.floor(lo)), 1.0, max(2, 1 << max(0, int(span - 1).bit_length())))
-        return cls(float(lo), max((hi - lo) / leaves, 1e-12 * max(abs(lo), abs(hi), 1.0)), leaves)
+        return cls(float(lo), max((hi - lo) / leaves, 1e-12 * max(abs(lo), abs(hi), 1.0)), leaves, point=hi <= lo)
 
     def to_json(self) -> dict[str, float]:
-        return {"lo": self.lo, "width": self.width, "leaves": self.leaves}
+        return {"lo": self.lo, "width": self.width, "leaves": self.leaves, **({"point": True} if self.point else {})}
 
 
 def _numeric_values(arr: pa.Array, kind: str) -> np.ndarray:
@@ -250,22 +255,26 @@ def discovery_shares(tasks: Sequence[DiscoveryTask], k_auto: bool) -> dict[tuple
 # DP selections (driver side)
 
 
-def multiresolution_mass(noisy: np.ndarray, sigma: float) -> np.ndarray:
+def multiresolution_mass(noisy: np.ndarray, sigma: float, family: int = 1) -> np.ndarray:
     """Post-processing of one noisy histogram (noise sigma per cell): the mass that stands out of the noise, read at
     the finest resolution where it does.
 
-    A cell keeps its noisy count when that passes the cut-off sigma sqrt(2 ln(200 cells)). The cells left over are
-    read in groups of 2, 4, 8, ... adjacent cells: a group whose left-over noisy sum (u cells, noise sigma sqrt(u))
-    passes the same cut-off at its scale (times sqrt(u)) gives that sum to its left-over cells, in proportion to
-    their positive noisy counts. There are fewer than 2 n groups over all scales, so by the Gaussian tail bound the
-    expected number of empty groups that pass is at most 0.01, whatever the size of the grid. So the thin tails of a
-    distribution (many cells of a few values each) keep their mass instead of vanishing under the cut-off, and the
-    empty cells of a wide grid still add none."""
+    A cell keeps its noisy count when that passes the cut-off sigma sqrt(2 ln(200 cells family)). The cells left
+    over are read in groups of 2, 4, 8, ... adjacent cells: a group whose left-over noisy sum (u cells, noise
+    sigma sqrt(u)) passes the same cut-off at its scale (times sqrt(u)) gives that sum to its left-over cells, in
+    proportion to their positive noisy counts. There are fewer than 2 n groups over all scales, so by the Gaussian
+    tail bound the expected number of empty groups that pass is at most 0.01 / ``family``, whatever the size of the
+    grid: ``family`` is the number of histograms the job reads this way (one per numeric column discovered), so
+    the whole job expects at most 0.01 false groups. One false group far from the data carries about the cut-off's
+    mass and can take a range's end quantile with it (a count column of 0s and 1s got a range up to 1e11 in a
+    55-column job before the family was counted). So the thin tails of a distribution (many cells of a few values
+    each) keep their mass instead of vanishing under the cut-off, and the empty cells of a wide grid still add
+    none."""
     noisy = np.asarray(noisy, dtype=np.float64)
     n = len(noisy)
     kept = np.zeros(n)
     done = np.zeros(n, dtype=bool)
-    cut = sigma * math.sqrt(2 * math.log(200 * max(n, 1)))
+    cut = sigma * math.sqrt(2 * math.log(200 * max(n, 1) * max(family, 1)))
     width = 1
     while width < 2 * n:
         for start in range(0, n, width):
@@ -283,20 +292,21 @@ def multiresolution_mass(noisy: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def noisy_histogram(
-    cell_counts: np.ndarray, sensitivity: float, rho: float
+    cell_counts: np.ndarray, sensitivity: float, rho: float, family: int = 1
 ) -> tuple[np.ndarray, float, float, np.ndarray]:
     """One DP release of counts per public grid cell, read as the mass that stands out of the noise.
 
     Protects: the cell counts, of L2 sensitivity ``sensitivity`` (one unit adds at most that many values, in the
     worst case all to one cell). One discrete Gaussian release of scale sigma = sensitivity / sqrt(2 rho), so it
-    costs rho (OpenDP's map). Then post-processing only (:func:`multiresolution_mass`). Returns (mass per cell, rho
-    spent, sigma, the noisy counts); the mass is all 0 when nothing stands out at any resolution.
+    costs rho (OpenDP's map). Then post-processing only (:func:`multiresolution_mass`, its cut-off for ``family``
+    histograms read in the job). Returns (mass per cell, rho spent, sigma, the noisy counts); the mass is all 0 when
+    nothing stands out at any resolution.
 
     A histogram is used rather than the exponential mechanism on -|#below(c) - q n| because on a public grid every
     candidate beyond the data ties on that score, and the mechanism would pick among them uniformly."""
     sigma = gaussian_sigma(rho, sensitivity)
     noisy, spent = add_discrete_gaussian(np.asarray(cell_counts, dtype=np.int64), sigma, sensitivity)
-    return multiresolution_mass(noisy, sigma), spent, sigma, noisy
+    return multiresolution_mass(noisy, sigma, family), spent, sigma, noisy
 
 
 def mass_quantile(mass: np.ndarray, q: float) -> int:
@@ -535,16 +545,17 @@ def tree_depth(total: float, m: int, rho_tree: float) -> int:
 
 def select_range(
     cell_counts: np.ndarray, kind: str, m: int, accountant: ZCDPAccountant, rho: float, column: str,
-    rho_tree: float | None = None,
+    rho_tree: float | None = None, family: int = 1,
 ) -> tuple[FineGrid, float]:
     """The fine grid to search for bins in: the coarse-grid edges around the DP 0.01- and 0.99-quantiles (cell i
     spans (grid[i-1], grid[i]]) of one :func:`noisy_histogram` on the coarse grid: L2 sensitivity ``m`` (m values
-    per unit), rho ``rho``. Returns the fine grid (:meth:`FineGrid.over`; its depth from :func:`tree_depth` and the
+    per unit), rho ``rho``, read with the cut-off for ``family`` such histograms in the job (one per numeric column
+    discovered). Returns the fine grid (:meth:`FineGrid.over`; its depth from :func:`tree_depth` and the
     fine tree's budget ``rho_tree``, TREE_DEPTH when not given) and the noisy total (post-processing), an
     estimate of the number of sampled values (0 when nothing stood out of the noise; the range is then the single
     largest noisy cell)."""
     grid = grid_for(kind)
-    mass, spent, sigma, noisy = noisy_histogram(cell_counts, float(m), rho)
+    mass, spent, sigma, noisy = noisy_histogram(cell_counts, float(m), rho, family)
     accountant.charge(STAGE, "discrete Gaussian (histogram on a public grid)", spent, clique=[column], sigma=sigma,
                       sensitivity_l2=m, quantiles=[LOW_Q, HIGH_Q])
     total = float(mass.sum())
@@ -555,8 +566,10 @@ def select_range(
     lo = float(grid[max(lo_cell - 1, 0)])
     if kind == "integer" and lo_cell > 0:  # cell i holds the integers above grid[i - 1]
         lo = float(math.floor(lo) + 1)
+    elif lo == BELOW_ZERO:  # the low quantile is in the cell that holds 0 alone
+        lo = 0.0
     hi = float(grid[hi_cell])
-    if hi <= lo:
+    if hi <= lo and not hi == lo == 0.0:  # both quantiles at 0: the range is the point 0
         hi = float(grid[min(hi_cell + 1, len(grid) - 1)])
     depth = TREE_DEPTH if rho_tree is None else tree_depth(total, m, rho_tree)
     return FineGrid.over(kind, lo, hi, depth), total
@@ -618,11 +631,14 @@ def select_edges(
     answers a quantile and holds at least one bin's share of the mass (a point mass, such as 40 hours a week) gets
     an edge on both sides, so it is a bin of its own. Integers: edges are whole numbers, and a range that holds at
     most ``bins`` integers gets one bin per value (so an integer point mass is exact). Datetimes: microseconds since
-    the epoch. Returns :class:`BinEdges`: (edges, informative (see :func:`release_tree`), point bins: float bins that
+    the epoch. A float range of one value (:attr:`FineGrid.point`) is one point bin. Returns :class:`BinEdges`:
+    (edges, informative (see :func:`release_tree`), point bins: float bins that
     are exactly one heavy leaf, decoded to one value)."""
     tree = release_tree(leaf_counts, float(m), rho)
     accountant.charge(STAGE, "discrete Gaussian (hierarchical histogram on a public grid)", tree.spent,
                       clique=[column], sigma=tree.sigma, sensitivity_l2=m * math.sqrt(grid.depth), bins=bins)
+    if kind == "float" and grid.point:  # the range is one value: one point bin, whatever the walks would answer
+        return BinEdges([grid.lo, grid.edge(1)], tree.informative, (0,))
     total = tree.total
     q_lo = LOW_Q + tree.end_slack()
     qs = [q_lo + (1 - 2 * q_lo) * j / bins for j in range(bins + 1)]

@@ -232,6 +232,7 @@ def discover(plan: JobPlan, engine: str, key: BoundingKey, reporter: Reporter, *
         stats = run_aggregation(plan, first(DiscoveryStats(plan.tasks)), engine, key, reporter, k=m,
                                 what="discovering domains", **options)
         n_cat = sum(t.kind == "categorical" for t in plan.tasks)
+        n_num = len(plan.tasks) - n_cat  # the range histograms read together (their false groups' family)
         grids, totals = {}, {}
         for t in plan.tasks:
             s, f = specs[t.column], schema.field(t.column)
@@ -246,7 +247,7 @@ def discover(plan: JobPlan, engine: str, key: BoundingKey, reporter: Reporter, *
             else:
                 grids[t.column], totals[t.column] = select_range(stats[t.column], t.kind, m, acc,
                                                                  rho[(t.column, "range")], t.column,
-                                                                 rho[(t.column, "bins")])
+                                                                 rho[(t.column, "bins")], family=n_num)
         if grids:
             fine = run_aggregation(plan, DiscoveryStats(plan.tasks, fine=grids), engine, key, reporter, k=m,
                                    what="discovering bins", **options)

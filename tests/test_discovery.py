@@ -302,6 +302,25 @@ def test_noise_alone_gives_no_mass():
     assert all(multiresolution_mass(rng.normal(0, 20, 245), 20.0).sum() == 0 for _ in range(20))
 
 
+def test_false_groups_are_bounded_over_the_whole_job():
+    """The cut-off counts every range histogram the job reads (``family``: one per numeric column), so the job as a
+    whole expects at most 0.01 false groups: on the 34-cell coarse grid a lone 4.6 sigma cell passes the cut-off of
+    one histogram (sigma sqrt(2 ln 6,800) ~ 4.2 sigma) and not that of a 55-column job (sqrt(2 ln 374,000) ~ 5.07
+    sigma). Before, a 55-column table of loans got a count column's range up to 1e11 from one such group."""
+    from dpbeam.discovery import NUMBER_GRID, multiresolution_mass
+
+    n = len(NUMBER_GRID)
+    noisy = np.zeros(n)
+    noisy[n - 2] = 4.6
+    assert multiresolution_mass(noisy, 1.0).sum() == pytest.approx(4.6)
+    assert multiresolution_mass(noisy, 1.0, family=55).sum() == 0
+    # pure noise, numpy's with a fixed seed: 100 jobs of 55 histograms. The tail bound allows 0.01 false groups a
+    # job (1 here; the bound is loose, about 5 times the rate measured); these draws give none, and 5 when each
+    # histogram is read on its own (family 1)
+    rng = np.random.default_rng(5)
+    assert not any(multiresolution_mass(rng.normal(0, 1, n), 1.0, family=55).sum() for _ in range(100 * 55))
+
+
 def test_tree_keeps_the_mass_of_moderate_nodes():
     """Two clusters: 90% of 20,000 values at leaf 100 and 10% spread over leaves 600-663 of a 1,024-leaf tree, at rho
     = 0.005 (sigma = sqrt(10) / 0.1 ~ 31.6 per node). The small cluster's leaves hold ~31 values each (1 sigma) and
@@ -388,7 +407,7 @@ def test_bins_for_noise():
 def test_a_range_lost_in_the_noise_is_reported(tmp_path):
     """40 users, values spread from 1 to 10^6, at eps = 0.5 with discovery 0.1 (rho 6.6e-3; the range release gets a
     third of the discovery share: sigma ~ 48 per coarse cell against ~6 values a cell and 40 in all). Nothing stands
-    out at any resolution: a cell needs sigma sqrt(2 ln(200 * 33)) ~ 200, the whole grid's sum ~ 1,150 (a 20-sigma
+    out at any resolution: a cell needs sigma sqrt(2 ln(200 * 34)) ~ 200, the whole grid's sum ~ 1,150 (a 20-sigma
     miss for 40 values). The column's note says its range is a guess and what to change."""
     n = 40
     pq.write_table(pa.table({"user_id": pa.array(np.arange(n)),
@@ -448,6 +467,40 @@ def test_a_float_point_mass_decodes_to_its_value():
     from dpbeam.domain import column_domain_from_json
 
     assert column_domain_from_json(col.to_json()).points == points
+
+
+@pytest.mark.parametrize("kind", ["float", "integer"])
+def test_a_range_at_zero_never_reaches_below_it(kind):
+    """0 is a coarse cell of its own: fees that are 0 for 60% of 10,000 loans and up to 500 for the rest get a range
+    from exactly 0 (the cell (-0.001, 0] gave -0.001, and bins of tiny negative fees); a column that is 0 in every
+    row gets the point 0. rho = 0.05 a release: sigma ~ 3 per coarse cell against thousands of values, so the 0.01-
+    and 0.99-quantiles' cells are the data's (a cell of 0 needs 6,000 +- 3 noise to fall below 1% of the total)."""
+    from dpbeam.discovery import DiscoveryStats, DiscoveryTask, select_edges, select_range
+    from dpbeam.domain import BinnedDomain
+    from dpbeam.encode import decode_column
+    from dpbeam.privacy.accountant import ZCDPAccountant
+
+    rng = np.random.default_rng(8)
+    fees = np.where(rng.random(10_000) < 0.6, 0, rng.integers(1, 501, 10_000))
+    acc = ZCDPAccountant(10, 1e-6, {"discovery": 1.0})
+    for x, hi in ((fees, 1000.0), (np.zeros(10_000, np.int64), None)):
+        arr = pa.array(x if kind == "integer" else x.astype(np.float64))
+        stats = DiscoveryStats([DiscoveryTask("fee", kind)]).partial(pa.RecordBatch.from_arrays([arr], ["fee"]))
+        grid, total = select_range(stats["fee"], kind, 1, acc, 0.05, "fee")
+        assert grid.lo == 0.0 and abs(total - 10_000) < 100
+        upper = grid.edge(grid.leaves)
+        if hi is not None:
+            assert upper == hi if kind == "float" else 500 <= upper <= 1024
+        else:  # the point 0: one integer, or one float point bin that decodes to exactly 0.0
+            assert upper == 2.0 if kind == "integer" else grid.point
+            leaves = DiscoveryStats([DiscoveryTask("fee", kind)], fine={"fee": grid}).partial(
+                pa.RecordBatch.from_arrays([arr], ["fee"]))["fee"]
+            edges, _, points = select_edges(leaves, grid, kind, 8, 1, acc, 0.05, "fee")
+            assert edges[0] == 0 and len(edges) == 2 and points == ((0,) if kind == "float" else ())
+            if kind == "float":
+                col = BinnedDomain("fee", "double", False, edges=tuple(edges), binned_kind="float", points=points)
+                np.testing.assert_array_equal(
+                    decode_column(np.zeros(100, np.int64), col, np.random.default_rng(0)).to_numpy(), 0.0)
 
 
 def test_roundest():
