@@ -105,7 +105,10 @@ def init_spec_text(source: str, unit: str | None = None, fmt: str | None = None)
     lines = [
         f"# dpbeam job spec for {source}, written by `dpbeam init` from the table's schema (no row was read).",
         "# Review it, then run: dpbeam run THIS_FILE",
-        "# Relative paths are relative to this file. Nulls get their own code wherever the schema allows them.",
+        "# Relative paths are relative to this file. Nulls get their own code wherever the schema allows them",
+        "# (files written from pandas allow them in every column): the noise then gives a few null rows to a column",
+        "# that has none. Add nullable: false to a column known never to be null (a public fact, such as a NOT NULL",
+        "# constraint upstream); a null found there stops the job before any noise is drawn.",
         _flow("name", name),
         "source:",
         "  " + _flow("uri", src_uri),
