@@ -298,9 +298,9 @@ def test_grouped_rounds_are_charged_as_whole_ones_and_end_on_the_budget(monkeypa
     weights = aim.candidate_weights(work, aim.downward_closure(work, NAMES))
     # Whether a round picks a grouped offer is the exponential mechanism's (unseeded) draw: over the ~11 rounds of a
     # run the grouped picks number about 4 at k = 3 (Poisson-like), and none in ~1-2% of runs (measured: 6 of 450 runs
-    # at k = 3, 0 of 300 at k = 1). The runs are independent, so up to `runs` of them (each fully checked, budget and
-    # charges) until one measures on groups: a run with no grouped pick fails all `runs` with probability ~0.02^4 ~ 2e-7,
-    # while offers that are never made or never picked still fail every run.
+    # at k = 3, 0 of 300 at k = 1). The runs are independent, so up to `runs` of them (each fully checked, budget
+    # and charges) until one measures on groups: a run with no grouped pick fails all `runs` with probability
+    # ~0.02^4 ~ 2e-7, while offers that are never made or never picked still fail every run.
     runs = 4
     for _ in range(runs):
         acc, result = _run(eps=1.0, k=k, work=work)
