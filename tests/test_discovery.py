@@ -408,7 +408,12 @@ def test_a_range_lost_in_the_noise_is_reported(tmp_path):
     """40 users, values spread from 1 to 10^6, at eps = 0.5 with discovery 0.1 (rho 6.6e-3; the range release gets a
     third of the discovery share: sigma ~ 48 per coarse cell against ~6 values a cell and 40 in all). Nothing stands
     out at any resolution: a cell needs sigma sqrt(2 ln(200 * 34)) ~ 200, the whole grid's sum ~ 1,150 (a 20-sigma
-    miss for 40 values). The column's note says its range is a guess and what to change."""
+    miss for 40 values). The column's note says its range is a guess and what to change.
+
+    The noise alone passes the cut-off somewhere in ~1e-3 of releases (by design: multiresolution_mass expects at
+    most 0.01 false passes over all groups; measured, numpy noise at this sigma on the test's 34 coarse cells: 94
+    in 100,000), and then the range is not lost. Discovery is rerun once when that happens: the two releases are
+    independent, so both pass falsely with probability ~1e-6, while a note that is never written fails both."""
     n = 40
     pq.write_table(pa.table({"user_id": pa.array(np.arange(n)),
                              "x": pa.array(np.geomspace(1, 1e6, n))}), tmp_path / "t.parquet")
@@ -419,9 +424,13 @@ def test_a_range_lost_in_the_noise_is_reported(tmp_path):
         "columns": {"x": {"kind": "float"}},
         "output": {"uri": str(tmp_path / "out")},
     })
-    plan = discover(plan_job(spec), "local", KEY, Reporter())
+    lost = "column x: its values did not stand out of the discovery noise at this budget at any "
+    for _ in range(2):
+        plan = discover(plan_job(spec), "local", KEY, Reporter())
+        if [n for n in plan.diagnostics if n.startswith(lost)]:
+            break
     (note,) = plan.diagnostics
-    assert note.startswith("column x: its values did not stand out of the discovery noise at this budget at any ")
+    assert note.startswith(lost)
     assert "columns.x.bounds" in note and "discovery_fraction" in note
 
 
