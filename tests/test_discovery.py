@@ -60,8 +60,8 @@ def _spec(events, tmp_path, eps=40.0, **privacy):
 def test_discovery_at_high_epsilon(events, tmp_path):
     """At eps = 40 (rho ~ 13.4; half of it for discovery, split over 4.5 shares: ~1.5 each) the k histogram has noise
     sigma ~ 0.6 against cells of 40 units; value counts (m = 1 row per unit) have sigma ~ 0.6 and thresholding keeps
-    values with ~130 users each and drops a value with one user (threshold ~ 11 for delta/2); the bins' quantile
-    tree has sigma ~ 1.9 per node (cut-off ~ 7.5) against ~400 sampled values over 61 integers (~6.5 a value), so a
+    values with ~130 users each and drops a value with one user (threshold 4 at this sigma and delta); the bins'
+    quantile tree has sigma ~ 1.9 per node (cut-off ~ 7.5) against ~400 sampled values over 61 integers (~6.5 a value), so a
     walk resolves down to nodes of about two values and the 1% / 99% quantiles (20-21 and 79-80) land within three
     values of the truth."""
     plan = discover(plan_job(_spec(events, tmp_path)), "local", KEY, Reporter())
