@@ -264,12 +264,13 @@ def multiresolution_mass(noisy: np.ndarray, sigma: float, family: int = 1) -> np
     sigma sqrt(u)) passes the same cut-off at its scale (times sqrt(u)) gives that sum to its left-over cells, in
     proportion to their positive noisy counts. There are fewer than 2 n groups over all scales, so by the Gaussian
     tail bound the expected number of empty groups that pass is at most 0.01 / ``family``, whatever the size of the
-    grid: ``family`` is the number of histograms the job reads this way (one per numeric column discovered), so
-    the whole job expects at most 0.01 false groups. One false group far from the data carries about the cut-off's
-    mass and can take a range's end quantile with it (a count column of 0s and 1s got a range up to 1e11 in a
-    55-column job before the family was counted). So the thin tails of a distribution (many cells of a few values
-    each) keep their mass instead of vanishing under the cut-off, and the empty cells of a wide grid still add
-    none."""
+    grid. So the thin tails of a distribution (many cells of a few values each) keep their mass instead of vanishing
+    under the cut-off, and the empty cells of a wide grid still add none.
+
+    ``family`` is the number of histograms the job reads this way (one per numeric column discovered), so the whole
+    job expects at most 0.01 false groups: one false group far from the data carries about the cut-off's mass and
+    can take a range's end quantile with it (a count column of 0s and 1s got a range up to 1e11 in a 55-column job
+    before the family was counted)."""
     noisy = np.asarray(noisy, dtype=np.float64)
     n = len(noisy)
     kept = np.zeros(n)
