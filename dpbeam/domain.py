@@ -253,7 +253,9 @@ _KIND_RULES = {
     "integer": (pa.types.is_integer, "use kind: float for real numbers"),
     "float": (lambda t: pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_decimal(t),
               "float columns must be numeric"),
-    "datetime": (lambda t: pa.types.is_timestamp(t) or pa.types.is_date(t), "datetime columns must be timestamps or dates"),
+    "datetime": (lambda t: pa.types.is_timestamp(t) or pa.types.is_date(t),
+                 "datetime columns must be timestamps or dates: write the column as one (pandas: pd.to_datetime "
+                 "before to_parquet; SQL: CAST(column AS TIMESTAMP)), or use kind: categorical for it"),
 }
 
 

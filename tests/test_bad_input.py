@@ -79,6 +79,14 @@ def test_wrong_kind(good):
     _expect(good, SpecError, "color", "string", "kind: integer")
 
 
+def test_datetime_kind_on_a_string_column_says_how_to_store_it(good):
+    """Dates kept as strings (ISO text from pandas or CSV exports) are not parsed: the error says to write the column
+    as a timestamp upstream, or to keep it categorical."""
+    good["columns"]["color"] = {"kind": "datetime", "bounds": ["2020-01-01", "2021-01-01"]}
+    _expect(good, SpecError, "color", "string", "kind: datetime", "pd.to_datetime", "kind: categorical")
+    _nothing_written(good)
+
+
 def test_unknown_kind(good):
     good["columns"]["color"] = {"kind": "colour"}
     _expect(good, SpecError, "columns.color")
