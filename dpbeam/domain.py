@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -52,11 +53,20 @@ def arrow_type_to_str(t: pa.DataType) -> str:
     return str(t)
 
 
+_DECIMAL = re.compile(r"(decimal128|decimal256)\((\d+), (-?\d+)\)")
+
+
 def arrow_type_from_str(s: str) -> pa.DataType:
+    """The Arrow type named by :func:`arrow_type_to_str` (timestamps with their zone, decimals with their precision
+    and scale, and every type pyarrow has an alias for)."""
     if s.startswith("timestamp["):
         inner = s[len("timestamp[") : -1]
         unit, _, tz = inner.partition(", tz=")
         return pa.timestamp(unit, tz=tz or None)
+    decimal = _DECIMAL.fullmatch(s)
+    if decimal:
+        make = pa.decimal128 if decimal.group(1) == "decimal128" else pa.decimal256
+        return make(int(decimal.group(2)), int(decimal.group(3)))
     return pa.type_for_alias(s)
 
 
@@ -267,6 +277,11 @@ def check_column_kind(name: str, spec: ColumnSpec, arrow_type: pa.DataType) -> p
         raise SpecError(
             f"column '{name}' is {arrow_type_to_str(t)} in the source but the spec says kind: {spec.kind}; {hint}"
         )
+    try:  # the output is written in the source's type: check here, before any row is read, that it can be named
+        arrow_type_from_str(arrow_type_to_str(t))
+    except (ValueError, TypeError, KeyError):
+        raise SpecError(f"column '{name}' is {t} in the source, a type dpbeam cannot write back; cast it upstream to "
+                        "a plain integer, float, string, timestamp or date type") from None
     return t
 
 

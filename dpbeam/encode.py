@@ -127,7 +127,11 @@ def decode_column(codes: np.ndarray, col: ColumnDomain, rng: np.random.Generator
         elif col.binned_kind == "integer":
             out = pa.array(x).cast(target, safe=False)
         else:
-            out = pa.array(np.asarray(x, dtype=np.float64)).cast(target, safe=False)
+            x = np.asarray(x, dtype=np.float64)
+            if pa.types.is_decimal(target):  # within the type's precision (an unsafe cast would wrap to garbage)
+                most = 10.0 ** (target.precision - target.scale) - 10.0 ** -target.scale
+                x = np.clip(x, -most, most)
+            out = pa.array(x).cast(target, safe=False)
     else:  # pragma: no cover
         raise TypeError(f"no decoder for {type(col).__name__}")
     if null_mask is not None and null_mask.any():

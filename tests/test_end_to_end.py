@@ -143,3 +143,34 @@ def test_overwrite_replaces_a_table(small_parquet, tmp_path):
     run_job(over)
     assert pq.read_table(spec.output.uri).num_rows == 123
     assert sorted(p for p in os.listdir(tmp_path) if p.startswith(".")) == []
+
+
+@pytest.mark.parametrize("open_domain", [False, True])
+def test_decimal_columns_are_written_back_as_decimals(small_parquet, tmp_path, open_domain):
+    """A decimal128 source column (money, in a warehouse table) is measured as a float and written back in its own
+    type, rounded to its scale, inside its bounds: the output's schema once failed to name decimal128(10, 2), and the
+    job crashed while generating, after its noise was drawn."""
+    import decimal
+
+    import pyarrow as pa
+
+    from dpbeam.domain import arrow_type_from_str, arrow_type_to_str
+
+    for t in (pa.decimal128(10, 2), pa.decimal256(40, 3)):
+        assert arrow_type_from_str(arrow_type_to_str(t)) == t
+    real = pq.read_table(small_parquet)
+    money = pa.array([decimal.Decimal(f"{x:.2f}") for x in real.column("score").to_numpy() * 100],
+                     pa.decimal128(10, 2))
+    source = tmp_path / "money.parquet"
+    pq.write_table(real.set_column(real.schema.get_field_index("score"), pa.field("score", money.type, False),
+                                   money), source)
+    data = small_spec(str(source), str(tmp_path / "out"), epsilon=20.0)
+    data["columns"]["score"] = {"kind": "float"} if open_domain else {"kind": "float", "bounds": [0, 100], "bins": 4}
+    if open_domain:
+        data["privacy"]["discovery_fraction"] = 0.2
+    run_job(parse_spec(data))
+    out = pq.read_table(data["output"]["uri"]).column("score")
+    assert out.type == pa.decimal128(10, 2)
+    values = [float(v) for v in out.to_pylist()]
+    assert min(values) >= 0 and max(values) <= 100.01
+    assert all(round(v, 2) == v for v in values)
