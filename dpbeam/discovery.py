@@ -577,12 +577,15 @@ def select_range(
 
 
 class BinEdges(NamedTuple):
-    """Discovered bins: their edges, whether the release stood out of its noise, and the codes of float bins that
-    hold a point mass (decoded to one value: :attr:`dpbeam.domain.BinnedDomain.points`)."""
+    """Discovered bins: their edges, whether the release stood out of its noise, the codes of float bins that
+    hold a point mass (decoded to one value: :attr:`dpbeam.domain.BinnedDomain.points`), and ``ends``: the share of
+    the noisy count left out at each end (LOW_Q plus :meth:`TreeRelease.end_slack`; values beyond the outer edges
+    are clamped into the end bins)."""
 
     edges: list
     informative: bool
     points: tuple[int, ...] = ()
+    ends: float = LOW_Q
 
 
 def _resolution(x: float) -> float:
@@ -633,13 +636,13 @@ def select_edges(
     an edge on both sides, so it is a bin of its own. Integers: edges are whole numbers, and a range that holds at
     most ``bins`` integers gets one bin per value (so an integer point mass is exact). Datetimes: microseconds since
     the epoch. A float range of one value (:attr:`FineGrid.point`) is one point bin. Returns :class:`BinEdges`:
-    (edges, informative (see :func:`release_tree`), point bins: float bins that
-    are exactly one heavy leaf, decoded to one value)."""
+    (edges, informative (see :func:`release_tree`), point bins: float bins that are exactly one heavy leaf, decoded
+    to one value, and the share left out at each end)."""
     tree = release_tree(leaf_counts, float(m), rho)
     accountant.charge(STAGE, "discrete Gaussian (hierarchical histogram on a public grid)", tree.spent,
                       clique=[column], sigma=tree.sigma, sensitivity_l2=m * math.sqrt(grid.depth), bins=bins)
     if kind == "float" and grid.point:  # the range is one value: one point bin, whatever the walks would answer
-        return BinEdges([grid.lo, grid.edge(1)], tree.informative, (0,))
+        return BinEdges([grid.lo, grid.edge(1)], tree.informative, (0,), LOW_Q)
     total = tree.total
     q_lo = LOW_Q + tree.end_slack()
     qs = [q_lo + (1 - 2 * q_lo) * j / bins for j in range(bins + 1)]
@@ -659,14 +662,14 @@ def select_edges(
         lo_i, hi_i = math.floor(lo), math.ceil(hi) - (1 if grid.width == 1.0 else 0)
         hi_i = max(hi_i, lo_i)
         if kind == "integer" and hi_i - lo_i + 1 <= bins:
-            return BinEdges(list(range(lo_i, hi_i + 2)), tree.informative)
+            return BinEdges(list(range(lo_i, hi_i + 2)), tree.informative, (), q_lo)
         end = hi_i + 1
         return BinEdges(sorted({lo_i, end, *(int(round(e)) for e in inner if lo_i < round(e) < end)}),
-                        tree.informative)
+                        tree.informative, (), q_lo)
     edges = sorted({lo, hi, *(e for e in inner if lo < e < hi)})
     if len(edges) < 2:
         edges = [lo, lo + grid.width]
     # a bin that is exactly one heavy leaf (a quantile's answer holding a bin's share) is a point mass
     points = tuple(j for j in range(len(edges) - 1)
                    if any(edges[j] == grid.edge(i) and edges[j + 1] == grid.edge(i + 1) for i in point_leaves))
-    return BinEdges(edges, tree.informative, points)
+    return BinEdges(edges, tree.informative, points, q_lo)

@@ -4,6 +4,7 @@ the sensitivity each selection assumes."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -95,6 +96,24 @@ def test_discovery_at_high_epsilon(events, tmp_path):
     assert when.n_values == 12  # bins: 12 in the spec
     assert acc.spent("discovery") == pytest.approx(acc.allotted("discovery"), rel=1e-9)
     assert 0 < acc.delta_spent() <= acc.delta_reserved
+
+
+def test_bins_that_clamp_much_of_a_column_are_warned(events, tmp_path):
+    """The outer edges leave out 0.01 plus the tree noise's share of the count (sigma / total, at most 0.1) at each
+    end. At eps = 40 that is ~0.015 for 400 values (sigma ~ 2): no warning. At eps = 1 the trees' sigma is 39 (amount)
+    and 47 (when), about a tenth of the 400 values, so ~10% are clamped at each end: one warning names the numeric
+    columns and says to give their bounds. (amount's tree stays informative: its noisy total, sd 39 sqrt 2 = 55, would
+    have to fall 4.3 sd to reach the 3 sigma sqrt 2 = 166 it needs.)"""
+    quiet = discover(plan_job(_spec(events, tmp_path)), "local", KEY, Reporter())
+    assert not any("clamped" in n for n in quiet.diagnostics)
+    loud = discover(plan_job(_spec(events, tmp_path, eps=1.0)), "local", KEY, Reporter())
+    (note,) = [n for n in loud.diagnostics if "clamped" in n]
+    # `when` (a year of dates over 400 values) may instead be warned that its range did not stand out at all
+    assert note.startswith(("columns amount, when: at this budget", "columns amount: at this budget"))
+    assert sum("when" in n for n in loud.diagnostics) == 1
+    shares = re.findall(r"(\d+)%", note.split(" of the values")[0])
+    assert shares and all(int(x) >= 5 for x in shares)
+    assert "bounds" in note and "discovery_fraction" in note
 
 
 def test_job_with_discovery_spends_exactly_its_budget(events, tmp_path):
@@ -386,7 +405,7 @@ def test_point_mass_gets_a_bin_of_its_own():
     grid = FineGrid.over("integer", 0, 80)
     assert grid.width == 1.0 and grid.leaves == 128
     acc = ZCDPAccountant(10, 1e-6, {"discovery": 1.0})
-    edges, informative, _ = select_edges(np.bincount(grid.cells(x), minlength=grid.leaves), grid, "integer", 8, 1,
+    edges, informative, _, _ = select_edges(np.bincount(grid.cells(x), minlength=grid.leaves), grid, "integer", 8, 1,
                                          acc, 0.05, "hours")
     assert informative and 40 in edges and 41 in edges
 
@@ -460,7 +479,7 @@ def test_a_float_point_mass_decodes_to_its_value():
     x = np.concatenate([np.zeros(12_000), rng.uniform(0, 1.2, 8_000)])
     grid = FineGrid.over("float", -0.05, 1.25)
     acc = ZCDPAccountant(10, 1e-6, {"discovery": 1.0})
-    edges, informative, points = select_edges(np.bincount(grid.cells(x), minlength=grid.leaves), grid, "float", 8, 1,
+    edges, informative, points, _ = select_edges(np.bincount(grid.cells(x), minlength=grid.leaves), grid, "float", 8, 1,
                                               acc, 0.05, "precip")
     assert informative and len(points) == 1
     p = points[0]
@@ -504,7 +523,7 @@ def test_a_range_at_zero_never_reaches_below_it(kind):
             assert upper == 2.0 if kind == "integer" else grid.point
             leaves = DiscoveryStats([DiscoveryTask("fee", kind)], fine={"fee": grid}).partial(
                 pa.RecordBatch.from_arrays([arr], ["fee"]))["fee"]
-            edges, _, points = select_edges(leaves, grid, kind, 8, 1, acc, 0.05, "fee")
+            edges, _, points, _ = select_edges(leaves, grid, kind, 8, 1, acc, 0.05, "fee")
             assert edges[0] == 0 and len(edges) == 2 and points == ((0,) if kind == "float" else ())
             if kind == "float":
                 col = BinnedDomain("fee", "double", False, edges=tuple(edges), binned_kind="float", points=points)
@@ -537,7 +556,7 @@ def test_float_edges_snap_to_the_values_recorded():
     grid = FineGrid.over("float", -30.0, 300.0)
     assert grid.width < 0.5  # a cell is narrower than the step between recorded values
     acc = ZCDPAccountant(10, 1e-6, {"discovery": 1.0})
-    edges, informative, points = select_edges(np.bincount(grid.cells(x), minlength=grid.leaves), grid, "float", 16, 1,
+    edges, informative, points, _ = select_edges(np.bincount(grid.cells(x), minlength=grid.leaves), grid, "float", 16, 1,
                                               acc, 0.05, "dep_delay")
     point_edges = {edges[p] for p in points} | {edges[p + 1] for p in points}
     inner = [e for e in edges[1:-1] if e not in point_edges]
