@@ -189,9 +189,13 @@ class Source:
                 header = []
             if found and int(found.group(1)) < len(header):
                 name = header[int(found.group(1))]
+                t = self.column_types.get(name)
+                hint = (f'; times written with a UTC offset ("+00:00", "Z") need columns.{name}.arrow_type: '
+                        '"timestamp[us, tz=UTC]"' if t is not None and pa.types.is_timestamp(t) and not t.tz else "")
                 return SourceError(
-                    f"cannot read {path}: a value in column '{name}' does not parse as the column's type. Fix the "
-                    f"file, or declare columns.{name} with the kind its values have"
+                    f"cannot read {path}: a value in column '{name}' does not parse as the column's type "
+                    f"({arrow_type_to_str(t) if t is not None else 'string'}). Fix the file, or declare "
+                    f"columns.{name} with the kind (and arrow_type) its values have{hint}"
                 )
             return SourceError(
                 f"cannot read {path} as CSV: a row does not parse (quoting, field count or encoding). Fix the file; "

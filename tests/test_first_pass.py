@@ -118,6 +118,23 @@ def test_unparseable_csv_value_stops_before_any_noise(tmp_path, monkeypatch):
     del info
 
 
+def test_csv_times_with_an_offset_say_which_arrow_type_reads_them(tmp_path):
+    """A CSV export of UTC times ("2013-01-01 06:00:00+00:00", as pandas writes them) does not parse as the default
+    timestamp[us]: the error names the column and its type, quotes no value, and says which arrow_type reads it;
+    with that arrow_type the job runs and writes the column back in it."""
+    rows = ["n,d,c"] + [f"{i % 10},2024-0{1 + i % 9}-1{i % 10} 0{i % 10}:00:00+00:00,{'ab'[i % 2]}" for i in range(300)]
+    src = _csv(tmp_path / "a.csv", rows)
+    spec = _csv_spec(src, str(tmp_path / "out"))
+    with pytest.raises(SourceError) as info:
+        run_job(parse_spec(spec))
+    msg = str(info.value)
+    assert "column 'd'" in msg and "(timestamp[us])" in msg and 'arrow_type: "timestamp[us, tz=UTC]"' in msg
+    assert "2024-0" not in msg
+    spec["columns"]["d"]["arrow_type"] = "timestamp[us, tz=UTC]"
+    run_job(parse_spec(spec))
+    assert pq.read_table(tmp_path / "out").schema.field("d").type == pa.timestamp("us", tz="UTC")
+
+
 def test_integer_coded_categorical_left_open_synthesizes(tmp_path):
     # A panel table's integer-coded race column, nullable in the schema, left open: synthesis wrote the "other"
     # code as null into a non-nullable field and crashed after the measurements were written.
