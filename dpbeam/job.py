@@ -288,17 +288,23 @@ def discover(plan: JobPlan, engine: str, key: BoundingKey, reporter: Reporter, *
                 elif found.ends >= CLAMPED_NOTE:
                     clamped[t.column] = found.ends
         if clamped:
-            names, shares = ", ".join(clamped), sorted(clamped.values())
-            share = f"{shares[0]:.0%}" if round(shares[0], 2) == round(shares[-1], 2) else \
-                f"{shares[0]:.0%}-{shares[-1]:.0%}"
-            notes.append(f"columns {names}: at this budget their DP bins begin and end about {share} of the values "
-                         "in from each end (the range noise's share of the count), and the values beyond are clamped "
-                         "into the end bins; give their bounds in the spec (public ranges such as months, hours or "
-                         "percentages), or raise privacy.discovery_fraction")
+            notes.append(_clamped_note(clamped))
     for note in notes[len(plan.diagnostics):]:
         reporter.say(f"warning: {note}")
     domain = TableDomain(tuple(domains.get(n) or build_column_domain(n, s, schema.field(n)) for n, s in specs.items()))
     return replace(plan, domain=domain, k=k, expected_rows_kept=kept_share, diagnostics=notes)
+
+
+def _clamped_note(clamped: dict[str, float]) -> str:
+    """One warning for the columns whose discovered outer edges leave out a share ``clamped[column]`` (a function of
+    DP outputs: the noise's share of the noisy count) of the values at each end."""
+    lo, hi = min(clamped.values()), max(clamped.values())
+    share = f"{lo:.0%}" if f"{lo:.0%}" == f"{hi:.0%}" else f"{lo:.0%}-{hi:.0%}"
+    one = len(clamped) == 1
+    return (f"column{'' if one else 's'} {', '.join(clamped)}: at this budget {'its' if one else 'their'} DP bins "
+            f"begin and end about {share} of the values in from each end (the range noise's share of the count), "
+            f"and the values beyond are clamped into the end bins; give {'its' if one else 'their'} bounds in the "
+            "spec (public ranges such as months, hours or percentages), or raise privacy.discovery_fraction")
 
 
 def _few_values_note(column: str, kept: int, threshold: int) -> str:

@@ -109,7 +109,8 @@ def test_bins_that_clamp_much_of_a_column_are_warned(events, tmp_path):
     loud = discover(plan_job(_spec(events, tmp_path, eps=1.0)), "local", KEY, Reporter())
     (note,) = [n for n in loud.diagnostics if "clamped" in n]
     # `when` (a year of dates over 400 values) may instead be warned that its range did not stand out at all
-    assert note.startswith(("columns amount, when: at this budget", "columns amount: at this budget"))
+    assert note.startswith(("columns amount, when: at this budget their DP bins begin and end about ",
+                            "column amount: at this budget its DP bins begin and end about "))
     assert sum("when" in n for n in loud.diagnostics) == 1
     shares = re.findall(r"(\d+)%", note.split(" of the values")[0])
     assert shares and all(int(x) >= 5 for x in shares)
