@@ -34,8 +34,9 @@ def plan_task(spec: JobSpec, engine: str, budget: dict[str, float], delta_reserv
               check_outputs: bool = True) -> ComposedAccountant:
     """Plan-time checks and the composed accountant: DP-SGD gets ``task.dpsgd_share`` of the budget; with
     ``task.pairs_share`` the zCDP plan gets a :data:`dpbeam.task.pairs.STAGE` stage worth ``task.pairs_budget`` of the
-    budget's rho (the other measurement stages scaled down to make room). DP-SGD needs the bounded rows in the training process, which only
-    the local engine supplies: any other engine is refused here, before any budget is spent."""
+    budget's rho (the other measurement stages scaled down to make room). DP-SGD needs the bounded rows in the
+    training process, which only the local engine supplies: any other engine is refused here, before any budget is
+    spent."""
     if engine not in TASK_ENGINES:
         raise SpecError(
             f"task-guided synthesis trains on the bounded rows in this process, which the {engine} engine does not "

@@ -13,11 +13,11 @@ Mechanism. What it protects: one privacy unit with all of its (at most k) bounde
 the model domain (the compression chosen from noisy 1-way counts, a DP output), moves by at most k in L2 when one
 unit is added or removed (worst case: all k rows in one cell), so each discrete Gaussian release at scale sigma costs
 rho = k^2 / (2 sigma^2) (:func:`dpbeam.privacy.mst.measure_pair`, which may measure a pair on groups of codes chosen
-from noisy counts: the bound holds for the grouped cube too). The d - 1 pairs share the stage's rho equally:
-sigma = k / sqrt(2 rho_stage / (d - 1)), so together they cost exactly the stage's rho, charged to
-:data:`STAGE` in the job's accountant (composed with the other measurements in zCDP and with DP-SGD in Renyi DP).
-The number of pairs and sigma are public (the spec and the column count); nothing here depends on the data but the
-noisy outputs.
+from noisy counts: the bound holds for the grouped cube too). The p pairs measured (the d - 1 pairs of the target,
+less any that would outgrow the model: see below) share the stage's rho equally: sigma = k / sqrt(2 rho_stage / p),
+so together they cost exactly the stage's rho, charged to :data:`STAGE` in the job's accountant (composed with the
+other measurements in zCDP and with DP-SGD in Renyi DP). p and sigma are public (the spec, the column count, public
+sizes and earlier DP outputs); nothing here depends on the data but the noisy outputs.
 
 Model size. The pairs make the target a neighbour of every column, which can grow the model's junction tree past the
 spec's ``max_model_cells`` (the refinement keeps to it). Pairs are kept in column order while the junction tree of the
