@@ -264,9 +264,8 @@ def discover(plan: JobPlan, engine: str, key: BoundingKey, reporter: Reporter, *
                 # histogram, or (k given) from the units this column's range release counted (m values each)
                 rows = kept_rows if kept_rows else totals[t.column] / m
                 bins = s.bins if isinstance(s.bins, int) else bins_for_noise(rows, k, sigma_row, DISCOVERED_BINS)
-                found = select_edges(fine[t.column], grids[t.column], t.kind, bins, m, acc, rho[(t.column, "bins")],
-                                     t.column)
-                edges, informative, points = found.edges, found.informative, found.points
+                edges, informative, points, ends = select_edges(fine[t.column], grids[t.column], t.kind, bins, m,
+                                                                acc, rho[(t.column, "bins")], t.column)
                 value_type = check_column_kind(t.column, s, f.type)
                 domains[t.column] = BinnedDomain(t.column, arrow_type_to_str(value_type), is_nullable(s, f),
                                                  edges=tuple(edges), binned_kind=t.kind, points=points)
@@ -285,8 +284,8 @@ def discover(plan: JobPlan, engine: str, key: BoundingKey, reporter: Reporter, *
                     notes.append(f"column {t.column}: its DP bins collapsed to one bin (the values sit in a narrow "
                                  f"range at this budget's resolution); give columns.{t.column}.bounds and bins, or "
                                  "raise privacy.discovery_fraction")
-                elif found.ends >= CLAMPED_NOTE:
-                    clamped[t.column] = found.ends
+                elif ends >= CLAMPED_NOTE:
+                    clamped[t.column] = ends
         if clamped:
             notes.append(_clamped_note(clamped))
     for note in notes[len(plan.diagnostics):]:
